@@ -1,0 +1,42 @@
+# Two commands from nothing: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(wildcard book/*.ipynb)
+export MPLBACKEND := Agg
+
+.PHONY: demo test lint unit notebooks book check-site clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test,book]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/asdflow demo
+
+test: lint unit notebooks book
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check asdflow tests
+	$(VENV)/bin/ruff format --check asdflow tests
+
+unit: $(STAMP)
+	$(PY) -m pytest tests -q
+
+notebooks: $(STAMP)
+	@if [ -n "$(NOTEBOOKS)" ]; then \
+		ASDFLOW_QUICK=1 $(PY) -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider -q $(NOTEBOOKS); \
+	else echo "no notebooks yet"; fi
+
+book: $(STAMP)
+	ASDFLOW_QUICK=1 $(VENV)/bin/jupyter-book build . -W --keep-going
+
+check-site: $(STAMP)
+	$(PY) tests/check_site.py _build/html
+
+clean:
+	rm -rf _build

@@ -1,0 +1,159 @@
+"""The ``asdflow`` command line.
+
+Each sub-command is a thin layer over one package function: parse the
+arguments, call the function, print what it returns. Heavy modules are
+imported inside the handlers so that ``asdflow --help`` answers at once.
+
+Run ``asdflow COMMAND --help`` for the options of one command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from asdflow.errors import AsdflowError
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """``asdflow synth DEST``: write the toy factory in the DCASE layout."""
+    from asdflow import synth
+
+    raise NotImplementedError("asdflow synth is being written")
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """``asdflow download DEST --set dev|add|eval``: fetch DCASE 2024 Task 2 zips."""
+    from asdflow import download
+
+    raise NotImplementedError("asdflow download is being written")
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    """``asdflow features ROOT``: extract and cache the 158-row feature images."""
+    from asdflow import features
+
+    raise NotImplementedError("asdflow features is being written")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``asdflow bench features|train``: print speed figures."""
+    from asdflow import bench
+
+    raise NotImplementedError("asdflow bench is being written")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``asdflow train ROOT --machine M --model cflow|ae --out DIR``."""
+    raise NotImplementedError("asdflow train is being written")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """``asdflow test DIR ROOT --machine M``: write the two DCASE files."""
+    raise NotImplementedError("asdflow test is being written")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``asdflow evaluate DIR [DIR ...] --root ROOT``: the result table."""
+    raise NotImplementedError("asdflow evaluate is being written")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``asdflow reproduce ROOT``: Table 1 of the report, resumable."""
+    raise NotImplementedError("asdflow reproduce is being written")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``asdflow demo``: the whole pipeline on the synthetic factory, quick mode."""
+    raise NotImplementedError("asdflow demo is being written")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="asdflow",
+        description=(
+            "Anomalous sound detection for machine condition monitoring with "
+            "normalizing flows (CFlow) on DCASE 2024 Task 2 data. "
+            "Start with `asdflow demo`."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on generated data (quick mode, CPU)")
+    p.add_argument("--workdir", type=Path, default=Path(".asdflow-cache/demo"),
+                   help="where the generated data and detectors go (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="generate a toy factory in the DCASE 2024 layout")
+    p.add_argument("dest", type=Path, help="folder to write dev_data/raw/<machine>/... into")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("download", help="download DCASE 2024 Task 2 data from Zenodo")
+    p.add_argument("dest", type=Path, help="data root; zips are unpacked to DEST/dev_data/raw/...")
+    p.add_argument("--set", dest="dataset", choices=["dev", "add", "eval"], default="dev",
+                   help="dev: development set; add: additional training set; "
+                        "eval: evaluation test set (default: %(default)s)")
+    p.add_argument("--machine", action="append", default=None, metavar="M",
+                   help="only this machine type (repeatable; default: all of the set)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("features", help="extract and cache the 158-row feature images")
+    p.add_argument("root", type=Path, help="data root (holds dev_data/ and/or eval_data/)")
+    p.add_argument("--machine", action="append", default=None, metavar="M")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("bench", help="print speed figures (features or training)")
+    p.add_argument("what", choices=["features", "train"])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("train", help="train a detector on the normal training clips of one machine")
+    p.add_argument("root", type=Path, help="data root")
+    p.add_argument("--machine", required=True, metavar="M")
+    p.add_argument("--model", choices=["cflow", "ae"], default="cflow")
+    p.add_argument("--out", type=Path, required=True, help="folder to save the detector in")
+    p.add_argument("--quick", action="store_true", help="small backbone, few epochs (CPU-friendly)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="score the test clips and write the two DCASE files")
+    p.add_argument("dir", type=Path, help="folder holding a trained detector")
+    p.add_argument("root", type=Path, help="data root")
+    p.add_argument("--machine", required=True, metavar="M")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("evaluate", help="DCASE metrics and the result table from score files")
+    p.add_argument("dirs", type=Path, nargs="+", metavar="DIR")
+    p.add_argument("--root", type=Path, default=None, help="data root, for labels from file names")
+    p.add_argument("--ground-truth", type=Path, default=None, help="ground-truth CSV instead")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("reproduce", help="reproduce Table 1 of the report (full mode, GPU)")
+    p.add_argument("root", type=Path, help="data root holding the development set")
+    p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
+    p.set_defaults(func=cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``asdflow`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AsdflowError as err:
+        print(f"asdflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"asdflow {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
