@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(wildcard book/*.ipynb)
-export MPLBACKEND := Agg
+# Chapters and the demo share generated data and trained detectors here.
+export ASDFLOW_CACHE ?= $(CURDIR)/.asdflow-cache
 
-.PHONY: demo test lint unit notebooks book check-site clean
+.PHONY: demo test lint unit notebooks book check-site pair clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +22,8 @@ demo: $(STAMP)
 test: lint unit notebooks book
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check asdflow tests
-	$(VENV)/bin/ruff format --check asdflow tests
+	$(VENV)/bin/ruff check asdflow tests tools
+	$(VENV)/bin/ruff format --check asdflow tests tools
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
@@ -36,7 +37,10 @@ book: $(STAMP)
 	ASDFLOW_QUICK=1 $(VENV)/bin/jupyter-book build . -W --keep-going
 
 check-site: $(STAMP)
-	$(PY) tests/check_site.py _build/html
+	$(PY) tools/check_site.py _build/html
+
+pair: $(STAMP)
+	$(PY) tools/pair_notebooks.py
 
 clean:
 	rm -rf _build

@@ -1,0 +1,108 @@
+"""Quick mode and full mode: one code path, two sizes.
+
+Every chapter of the book and ``asdflow demo`` start by calling
+:func:`detect_mode`. It answers one question, *what can this machine do?*:
+
+- **full**: a CUDA GPU is present and quick mode was not asked for. Chapters
+  use the real DCASE 2024 Task 2 development set (downloaded on first use into
+  :func:`data_dir`), the ImageNet WideResNet-50-2 encoder and full training.
+- **quick**: ``ASDFLOW_QUICK=1`` is set, or there is no GPU, or the real data
+  cannot be had. Chapters use the synthetic factory of :mod:`asdflow.synth`,
+  short clips, a small random-weight ResNet-18 encoder and a few epochs, so
+  that every chapter runs on a laptop CPU in about a minute. CI runs the
+  book in this mode.
+
+Results of either mode are cached in :func:`cache_dir` so that one chapter
+reuses what an earlier one computed (features, trained detectors).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+QUICK_ENV = "ASDFLOW_QUICK"
+CACHE_ENV = "ASDFLOW_CACHE"
+DATA_ENV = "ASDFLOW_DATA"
+
+
+def cache_dir() -> Path:
+    """Folder of asdflow's caches: ``$ASDFLOW_CACHE`` or ``~/.cache/asdflow``.
+
+    Returns
+    -------
+    Path
+        An existing folder (created if needed).
+    """
+    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "asdflow")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def data_dir() -> Path:
+    """Root of the real DCASE data: ``$ASDFLOW_DATA`` or ``~/asdflow-data``.
+
+    The development set lives under ``<root>/dev_data/raw/<machine>/``.
+    """
+    return Path(os.environ.get(DATA_ENV) or Path.home() / "asdflow-data")
+
+
+def _quick_requested() -> bool:
+    return os.environ.get(QUICK_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a chapter runs on.
+
+    Attributes
+    ----------
+    name : str
+        ``"quick"`` or ``"full"``.
+    reason : str
+        Why this mode was chosen, in words, printed by the chapters.
+    device : str
+        ``"cuda"`` or ``"cpu"``.
+    """
+
+    name: str
+    reason: str
+    device: str
+
+    @property
+    def quick(self) -> bool:
+        """True in quick mode."""
+        return self.name == "quick"
+
+    def __str__(self) -> str:
+        return f"{self.name} mode on {self.device}: {self.reason}"
+
+
+def detect_mode() -> Mode:
+    """Choose quick or full mode for this machine.
+
+    Quick mode when ``ASDFLOW_QUICK=1`` is set or no CUDA GPU is found; full
+    mode otherwise. A full-mode run that then finds no DCASE data and cannot
+    download it should fall back with :func:`quick_fallback`.
+
+    Returns
+    -------
+    Mode
+    """
+    if _quick_requested():
+        return Mode("quick", f"{QUICK_ENV}=1 is set", "cpu")
+    if not _cuda_available():
+        return Mode("quick", "no CUDA GPU was found", "cpu")
+    return Mode("full", "a CUDA GPU is present", "cuda")
+
+
+def quick_fallback(reason: str) -> Mode:
+    """The quick mode chosen after full mode turned out impossible (e.g. no data)."""
+    return Mode("quick", reason, "cpu")
