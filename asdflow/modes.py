@@ -106,3 +106,56 @@ def detect_mode() -> Mode:
 def quick_fallback(reason: str) -> Mode:
     """The quick mode chosen after full mode turned out impossible (e.g. no data)."""
     return Mode("quick", reason, "cpu")
+
+
+FULL_MACHINES = ("bearing", "fan", "valve")
+"""Development machine types the chapters use in full mode (the synthetic factory has the same names)."""
+
+
+def quick_data_root(*, seed: int = 0, progress: bool = False) -> Path:
+    """The quick-mode data root: the synthetic factory, generated once into the cache.
+
+    Returns
+    -------
+    Path
+        A root holding ``dev_data/raw/<machine>/{train,test}`` as in DCASE,
+        built by :func:`asdflow.synth.make_factory` with
+        :data:`asdflow.synth.QUICK_FACTORY` sizes. A second call finds the
+        complete factory and returns at once.
+    """
+    from asdflow import synth
+
+    root = cache_dir() / f"synth-quick-seed{seed}"
+    return synth.make_factory(root, **synth.QUICK_FACTORY, seed=seed, progress=progress)
+
+
+def prepare_data(mode: Mode, *, machines: tuple[str, ...] = FULL_MACHINES) -> tuple[Mode, Path]:
+    """Data root for ``mode``, downloading the DCASE development data in full mode.
+
+    Parameters
+    ----------
+    mode : Mode
+        From :func:`detect_mode`.
+    machines : tuple of str
+        Development machine types needed in full mode.
+
+    Returns
+    -------
+    mode : Mode
+        ``mode`` itself, or quick mode when the real data could not be had
+        (the reason says why).
+    root : Path
+        The data root to pass to :func:`asdflow.data.scan`.
+    """
+    if mode.quick:
+        return mode, quick_data_root()
+    from asdflow import download
+    from asdflow.errors import AsdflowError
+
+    root = data_dir()
+    try:
+        download.download(root, dataset="dev", machines=list(machines))
+    except AsdflowError as err:
+        fallback = quick_fallback(f"the DCASE data could not be had ({err})")
+        return fallback, quick_data_root()
+    return mode, root
