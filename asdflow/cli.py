@@ -27,21 +27,48 @@ def cmd_download(args: argparse.Namespace) -> int:
     """``asdflow download DEST --set dev|add|eval``: fetch DCASE 2024 Task 2 zips."""
     from asdflow import download
 
-    raise NotImplementedError("asdflow download is being written")
+    folders = download.download(
+        args.dest, dataset=args.dataset, machines=args.machine, keep_zip=args.keep_zip
+    )
+    for folder in folders:
+        print(folder)
+    return 0
 
 
 def cmd_features(args: argparse.Namespace) -> int:
     """``asdflow features ROOT``: extract and cache the 158-row feature images."""
-    from asdflow import features
+    import dataclasses
+    import time
 
-    raise NotImplementedError("asdflow features is being written")
+    from asdflow import data, features
+
+    clips = data.scan(args.root, machines=args.machine)
+    for machine in sorted({clip.machine for clip in clips}):
+        group = [clip for clip in clips if clip.machine == machine]
+        train = [clip for clip in group if clip.split == "train"] or group
+        n_samples = features.nominal_length(train)
+        config = dataclasses.replace(features.FeatureConfig(), n_samples=n_samples)
+        start = time.perf_counter()
+        features.extract(group, config, n_jobs=args.jobs)
+        print(
+            f"{machine}: {len(group)} clips, images {config.n_rows} x "
+            f"{config.n_frames(n_samples)} (nominal length {n_samples / config.sr:g} s), "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+    print(f"{len(clips)} clips; cache: {features.default_cache()}")
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``asdflow bench features|train``: print speed figures."""
     from asdflow import bench
 
-    raise NotImplementedError("asdflow bench is being written")
+    if args.what == "features":
+        bench.bench_features(
+            n_clips=args.clips or 32, seconds=args.seconds or 10.0, n_jobs=args.jobs
+        )
+        return 0
+    raise NotImplementedError("asdflow bench train is being written")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -99,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "eval: evaluation test set (default: %(default)s)")
     p.add_argument("--machine", action="append", default=None, metavar="M",
                    help="only this machine type (repeatable; default: all of the set)")
+    p.add_argument("--keep-zip", action="store_true",
+                   help="keep the checked zips in DEST/<dev_data|eval_data>/zips/ "
+                        "(default: delete each zip once unpacked)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("features", help="extract and cache the 158-row feature images")
@@ -109,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="print speed figures (features or training)")
     p.add_argument("what", choices=["features", "train"])
+    p.add_argument("--clips", type=int, default=None, help="generated clips (features: 32)")
+    p.add_argument("--seconds", type=float, default=None, help="clip length (features: 10 s)")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train a detector on the normal training clips of one machine")
