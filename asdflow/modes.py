@@ -19,6 +19,7 @@ reuses what an earlier one computed (features, trained detectors).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,6 +97,9 @@ def detect_mode() -> Mode:
     -------
     Mode
     """
+    # Text progress bars serve where Jupyter has no widgets (the website build):
+    # silence tqdm's advice to install them.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     if _quick_requested():
         return Mode("quick", f"{QUICK_ENV}=1 is set", "cpu")
     if not _cuda_available():
