@@ -84,8 +84,8 @@ class FeatureConfig:
     n_fft : int
         STFT window length and FFT size, in samples (1024 = 64 ms).
     hop_length : int
-        Samples between frames (256 = 16 ms). The CQT chroma uses the same
-        hop; it must be divisible by ``2**6`` for librosa's 7-octave CQT.
+        Samples between frames (256 = 16 ms), for the STFT, the CQT chroma
+        and the zero-crossing rate alike.
     window : str
         STFT window, any name `scipy.signal.get_window` knows.
     n_mels : int
@@ -224,7 +224,8 @@ def feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> np.ndar
     ------
     AudioError
         If ``y`` is not one-dimensional, holds NaN or infinity, or is shorter
-        than one window (``config.n_fft`` samples).
+        than one window (``config.n_fft`` samples; checked before the length
+        policy).
     """
     import librosa
 
@@ -232,17 +233,17 @@ def feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> np.ndar
     y = np.asarray(y)
     if y.ndim != 1:
         raise AudioError(f"expected a mono waveform (one dimension), got shape {y.shape}")
-    y = y.astype(np.float32, copy=False)
-    if config.n_samples is not None:
-        y = _fit_length(y, config.n_samples)
-    if len(y) < config.n_fft:
+    if len(y) < config.n_fft:  # checked before the length policy: repeating it would hide it
         raise AudioError(
             f"the clip has {len(y)} samples, shorter than one window of {config.n_fft} "
             f"samples ({config.n_fft / config.sr * 1000:.0f} ms at {config.sr} Hz); "
-            "remove it or set FeatureConfig.n_samples to pad every clip to a common length"
+            "it is too short to analyse: remove it"
         )
     if not np.isfinite(y).all():
         raise AudioError("the waveform holds NaN or infinite samples")
+    y = y.astype(np.float32, copy=False)
+    if config.n_samples is not None:
+        y = _fit_length(y, config.n_samples)
 
     sr, n_fft, hop = config.sr, config.n_fft, config.hop_length
     S = np.abs(librosa.stft(y, n_fft=n_fft, hop_length=hop, window=config.window, center=True))
@@ -582,13 +583,12 @@ def _read_entry(entry: Path, config: FeatureConfig) -> np.ndarray | None:
     """The cached image, or None if absent or not a valid image (then it is recomputed)."""
     try:
         image = np.load(entry, allow_pickle=False)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError):  # missing, truncated or not a .npy file
         return None
     expected_t = None if config.n_samples is None else config.n_frames(config.n_samples)
     if (
-        image.dtype != np.float32
+        not isinstance(image, np.ndarray)  # an .npz archive loads as NpzFile
+        or image.dtype != np.float32
         or image.ndim != 2
         or image.shape[0] != config.n_rows
         or image.shape[1] == 0

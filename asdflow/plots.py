@@ -1,0 +1,106 @@
+"""Figures of the pipeline: one function per figure, each returning its matplotlib Axes.
+
+Every function draws into ``ax`` when given one (so figures compose into
+subplots) and creates a new figure otherwise; ``ax.figure`` is the figure.
+matplotlib is imported when a function is called, not with the module.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from asdflow.features import FeatureConfig
+
+
+def plot_feature_image(
+    image: np.ndarray,
+    *,
+    config: FeatureConfig | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    per_row: bool = True,
+    min_height: float = 6.0,
+) -> Axes:
+    """Show a feature image with its row groups labelled.
+
+    Row 0 (the lowest mel band) is at the top, as in the image the encoder
+    sees; white lines separate the groups (mel, chroma, contrast, tonnetz,
+    rms, centroid, bandwidth, flatness, zcr), whose names label the y axis.
+    Every group is drawn at least ``min_height`` mel bands tall, so that the
+    one-row groups at the bottom stay visible.
+
+    Parameters
+    ----------
+    image : np.ndarray [shape=(n_rows, t)]
+        A raw image from :func:`asdflow.features.feature_image` or a
+        standardised one from :meth:`asdflow.features.RowStats.transform`.
+    config : FeatureConfig, optional
+        The recipe of the image, for the row groups and the time axis
+        (default: the report's).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure otherwise.
+    title : str, optional
+        Axes title.
+    per_row : bool
+        Rescale every row to [0, 1] for display (the default, for raw
+        images: their rows range from 0-1 for chroma and flatness to
+        thousands of Hz for the centroid, so one colour scale would show only
+        the largest rows). ``False`` shows the values as they are on a
+        colour scale symmetric about 0, clipped at the 99th percentile of
+        ``|image|``: the view of a standardised image.
+    min_height : float
+        Least display height of a group, in rows of the mel group (whose
+        rows are drawn one unit tall).
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn into; ``ax.figure`` is its figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from asdflow.features import FeatureConfig
+
+    config = config or FeatureConfig()
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or image.shape[0] != config.n_rows:
+        raise ValueError(
+            f"expected an image of {config.n_rows} rows (n_rows, t), got shape {image.shape}; "
+            "pass the FeatureConfig it was made with"
+        )
+    groups = config.row_groups()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+
+    heights = np.ones(config.n_rows)
+    for rows in groups.values():
+        size = rows.stop - rows.start
+        heights[rows] = max(1.0, min_height / size)
+    y_edges = np.concatenate([[0.0], np.cumsum(heights)])
+    t_edges = np.arange(image.shape[1] + 1) * (config.hop_length / config.sr)
+    if per_row:
+        low = image.min(axis=1, keepdims=True)
+        span = image.max(axis=1, keepdims=True) - low
+        shown = (image - low) / np.where(span > 0, span, 1.0)
+        mesh = ax.pcolormesh(t_edges, y_edges, shown, cmap="magma", vmin=0.0, vmax=1.0)
+        label = "value, each row rescaled to [0, 1]"
+    else:
+        limit = float(np.percentile(np.abs(image), 99)) or 1.0
+        mesh = ax.pcolormesh(t_edges, y_edges, image, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        label = "standardised value"
+    ax.figure.colorbar(mesh, ax=ax, label=label, pad=0.01)
+
+    for rows in list(groups.values())[1:]:
+        ax.axhline(y_edges[rows.start], color="white", linewidth=0.8)
+    ax.set_yticks([(y_edges[rows.start] + y_edges[rows.stop]) / 2 for rows in groups.values()])
+    ax.set_yticklabels(list(groups), fontsize=7)
+    ax.set_ylim(y_edges[-1], 0.0)
+    ax.set_xlabel("time (s)")
+    if title is not None:
+        ax.set_title(title)
+    return ax
