@@ -109,10 +109,14 @@ def bench_features(
         "n_clips": float(n_clips),
         "seconds": float(seconds),
     }
+    rows = [
+        ("(a) naive, one librosa call per feature", "naive"),
+        ("(b) feature_image, one process", "shared"),
+        (f"(c) extract, {n_jobs} process(es), empty cache", "extract"),
+        ("    extract again, from the cache", "cached"),
+    ]
     print(f"feature images of {n_clips} generated clips of {seconds:g} s ({config.n_rows} rows)")
-    print(f"  (a) naive, one librosa call per feature  {result['naive']:8.2f} clips/s")
-    print(f"  (b) feature_image, one process           {result['shared']:8.2f} clips/s")
-    print(f"  (c) extract, {n_jobs} process(es), no cache   {result['extract']:8.2f} clips/s")
-    print(f"      extract again, from the cache        {result['cached']:8.2f} clips/s")
+    for label, key in rows:
+        print(f"  {label:<44} {result[key]:9.2f} clips/s")
     print(f"  ratio b/a = {result['ratio']:.2f}, cache speed-up = {result['cache_speedup']:.0f}x")
     return result
