@@ -244,8 +244,9 @@ def log_mel(y: np.ndarray, config: AEConfig | None = None) -> np.ndarray:
     Returns
     -------
     np.ndarray [shape=(n_mels, 1 + n // hop_length), dtype=float32]
-        ``10 / power * 2 * log10(max(mel, eps))`` in dB (``10 log10`` for
-        power 2) with ``eps`` the float64 machine epsilon; centred frames.
+        ``20 / power * log10(max(mel, eps))`` in dB, i.e. ``10 log10`` of
+        the power mel spectrogram, with ``eps`` the float64 machine epsilon;
+        centred frames.
     """
     import librosa
 
@@ -584,8 +585,9 @@ class AutoencoderDetector:
             On a non-finite loss (naming the epoch), or bad inputs.
         """
         cfg = self.config
-        clip_domains = self._domains(list(data), domains)
-        vectors = self._vectors(data)
+        items = list(data)
+        clip_domains = self._domains(items, domains)
+        vectors = self._vectors(items)
         stacked = torch.from_numpy(np.concatenate(vectors))
         n_total = stacked.shape[0]
         rng = np.random.default_rng(cfg.seed)
