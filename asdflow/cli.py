@@ -18,9 +18,21 @@ from asdflow.errors import AsdflowError
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """``asdflow synth DEST``: write the toy factory in the DCASE layout."""
-    from asdflow import synth
+    import time
 
-    raise NotImplementedError("asdflow synth is being written")
+    from asdflow import data, synth
+
+    sizes = dict(synth.QUICK_FACTORY) if args.quick else {}
+    for key in ("n_train_source", "n_train_target", "n_test_per_domain", "seconds"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    if args.machine:
+        sizes["machines"] = tuple(args.machine)
+    start = time.perf_counter()
+    root = synth.make_factory(args.dest, seed=args.seed, overwrite=args.overwrite, **sizes)
+    print(data.describe(root))
+    print(f"synthetic factory ready in {root} ({time.perf_counter() - start:.1f} s)")
+    return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -93,7 +105,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``asdflow demo``: the whole pipeline on the synthetic factory, quick mode."""
-    raise NotImplementedError("asdflow demo is being written")
+    from asdflow import data, synth
+
+    # Step 1: the data. Later steps (train, score, compare) take `root`.
+    print(f"1. generating the quick synthetic factory in {args.workdir / 'data'}")
+    root = synth.make_factory(args.workdir / "data", seed=args.seed, **synth.QUICK_FACTORY)
+    print(data.describe(root))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="generate a toy factory in the DCASE 2024 layout")
     p.add_argument("dest", type=Path, help="folder to write dev_data/raw/<machine>/... into")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--quick", action="store_true",
+                   help="the small quick-mode sizes (asdflow.synth.QUICK_FACTORY) instead of "
+                        "the DCASE sizes (990 + 10 training, 50 + 50 test clips per domain, 10 s)")
+    p.add_argument("--machine", action="append", default=None, metavar="M",
+                   choices=["fan", "bearing", "valve"],
+                   help="only this machine type (repeatable; default: fan, bearing, valve)")
+    p.add_argument("--seconds", type=float, default=None, help="clip duration in seconds")
+    p.add_argument("--train-source", dest="n_train_source", type=int, default=None, metavar="N",
+                   help="normal source-domain training clips per machine type")
+    p.add_argument("--train-target", dest="n_train_target", type=int, default=None, metavar="N",
+                   help="normal target-domain training clips per machine type")
+    p.add_argument("--test-per-domain", dest="n_test_per_domain", type=int, default=None,
+                   metavar="N", help="normal and anomalous test clips (each) per domain")
+    p.add_argument("--overwrite", action="store_true",
+                   help="regenerate even if DEST already holds this factory")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("download", help="download DCASE 2024 Task 2 data from Zenodo")
