@@ -53,9 +53,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DOMAINS",
     "EPS",
+    "GROUND_TRUTH_HEADER",
     "MAX_FPR",
     "METRICS",
     "REPORT_TABLE1",
+    "SUMMARY_GROUPS",
     "Cell",
     "MachineResult",
     "ResultTable",
