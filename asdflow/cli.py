@@ -29,7 +29,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.machine:
         sizes["machines"] = tuple(args.machine)
     start = time.perf_counter()
-    root = synth.make_factory(args.dest, seed=args.seed, overwrite=args.overwrite, **sizes)
+    try:
+        root = synth.make_factory(args.dest, seed=args.seed, overwrite=args.overwrite, **sizes)
+    except ValueError as err:  # a size or duration out of range
+        raise AsdflowError(f"{err}; see asdflow synth --help") from err
     print(data.describe(root))
     print(f"synthetic factory ready in {root} ({time.perf_counter() - start:.1f} s)")
     return 0

@@ -102,7 +102,7 @@ SEVERITY_RANGE = (0.0, 1.0)
 """Range of the per-clip fault severity: 0 is a barely audible fault, 1 an evident one."""
 
 GAIN = {"fan": 0.12, "bearing": 0.35, "valve": 0.35}
-"""Fixed gain per machine type from pressure units to file units (normal clips peak near 0.3-0.6)."""
+"""Fixed gain per machine type from pressure units to file units (normal clips peak at about 0.15-0.6)."""
 
 QUICK_FACTORY: dict[str, object] = {
     "machines": MACHINES,
@@ -193,8 +193,8 @@ def pink(f: np.ndarray, *, corner: float = 50.0) -> np.ndarray:
 def band(f: np.ndarray, *, centre: float, width: float, order: int = 2) -> np.ndarray:
     """Amplitude response of a smooth band around ``centre`` Hz, ``width`` Hz wide at -3 dB.
 
-    Outside the band the amplitude falls as ``|f - centre| ** -order``
-    (6 dB per octave of distance per order).
+    Outside the band the amplitude falls as ``|f - centre| ** -order``:
+    6 dB per doubling of the distance from the centre, per order.
     """
     return 1.0 / np.sqrt(1.0 + ((f - centre) / (width / 2)) ** (2 * order))
 
@@ -464,8 +464,8 @@ def bearing_sound(
 
     **Healthy.** The balls roll on slightly rough races. Rolling contact
     is a random force: broadband noise that the housing filters through its
-    resonances (:data:`BEARING_MODES`: 1.8, 3.1 and 4.7 kHz), plus rare
-    random micro-impacts from surface roughness. Both grow with the load
+    resonances (:data:`BEARING_MODES`: 1.8, 3.1 and 4.7 kHz), plus
+    occasional random micro-impacts (about 30 per second) from surface roughness. Both grow with the load
     (contact stress) and, more gently, with speed. The motor adds a hum at
     twice the 50 Hz mains frequency (magnetostriction) and a faint
     shaft-rate tone.
@@ -477,13 +477,15 @@ def bearing_sound(
     period jitters by about 1 % because the balls slip.
 
     - ``"outer"``: spall on the fixed outer race, in the load zone: impacts
-      at BPFO, all of the same strength.
+      at BPFO, all of about the same strength.
     - ``"inner"``: spall on the inner race, which turns with the shaft: impacts
       at BPFI, strong while the spall passes through the load zone and weak
       elsewhere, i.e. amplitude-modulated at the shaft rate.
 
-    Impact strength rises 12-fold from severity 0 (buried in the rolling
-    noise: visible only in the envelope spectrum) to 1, and with the load.
+    Impact strength rises 12-fold from severity 0 to 1, and with the load.
+    At the low end the impacts are buried in the rolling noise; from about
+    severity 0.4 the envelope spectrum of a 2 s clip (the spectrum of the
+    magnitude of the band around 3.1 kHz) peaks at the defect frequency.
 
     Parameters
     ----------
@@ -579,8 +581,8 @@ def valve_sound(
     in about 20 ms.
 
     **Flow.** While open, turbulent flow through the orifice gives
-    broadband noise around 0.4-3 kHz, ramping up and down in a few
-    milliseconds. Closed, the valve is silent.
+    broadband noise centred near 1.2 kHz (about 0.1-2.3 kHz), ramping up
+    and down in 8 ms. Closed, the valve is silent.
 
     **Background.** Factory ambience (pink noise and mains hum) at the level
     of the ``bg`` attribute: the target domain is the noisy workshop.
@@ -696,7 +698,9 @@ def generate_clip(
         when None. Ignored for normal clips.
     attributes : mapping, optional
         Fix some operating conditions, e.g. ``{"rpm": "1500"}``; the others
-        are drawn. Values are strings, as in clip names.
+        are drawn. Values are strings, as in clip names; numeric ones (fan
+        ``rpm``, bearing ``vel`` and ``load``) may lie outside
+        :data:`CONDITIONS`, e.g. ``{"rpm": "1800"}``.
     seconds : float
         Duration in seconds.
     seed : int or np.random.Generator, optional
@@ -738,8 +742,18 @@ def generate_clip(
             raise ValueError(f"severity={severity} is outside [0, 1]")
         level = severity
     options: dict[str, object] = dict(drawn)
-    for name in _NUMERIC[machine]:
-        options[name] = float(drawn[name])
+    for name, value in drawn.items():
+        if name in _NUMERIC[machine]:
+            try:
+                options[name] = float(value)
+            except ValueError:
+                raise ValueError(f"{machine} attribute {name}={value!r} is not a number") from None
+        else:
+            known = {v for d in CONDITIONS[machine].values() for v in d[name]}
+            if value not in known:
+                raise ValueError(
+                    f"{machine} attribute {name}={value!r} is not one of {sorted(known)}"
+                )
     y = GENERATORS[machine](seconds, anomaly=kind, severity=level, rng=rng, **options)
     y = GAIN[machine] * y
     peak = float(np.max(np.abs(y)))

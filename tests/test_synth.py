@@ -112,6 +112,8 @@ def test_generate_clip_keeps_fixed_attributes() -> None:
         {"machine": "fan", "anomaly": "leak"},
         {"machine": "fan", "anomaly": True, "severity": 1.5},
         {"machine": "fan", "attributes": {"load": "20"}},
+        {"machine": "fan", "attributes": {"rpm": "fast"}},
+        {"machine": "valve", "attributes": {"pat": "Z"}},
     ],
 )
 def test_generate_clip_rejects_bad_options(options: dict) -> None:
@@ -338,6 +340,12 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     n_target = synth.QUICK_FACTORY["n_train_target"]
     assert len(clips) == 2 + n_target + 4
     assert {len(data.load_audio(c.path)) for c in clips} == {SR // 4}
+
+
+def test_cli_synth_rejects_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["synth", str(tmp_path), "--quick", "--seconds", "0"]) == 2
+    assert "seconds=0.0" in capsys.readouterr().err
+    assert not (tmp_path / synth.MARKER).exists()
 
 
 def test_cli_demo_prints_the_data(
