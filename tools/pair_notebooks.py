@@ -33,11 +33,27 @@ def pair(md: Path, url: str) -> None:
     if new_text != text:
         md.write_text(new_text, encoding="utf-8")
     notebook = jupytext.read(md)
-    for cell in notebook.cells:
+    ipynb = md.with_suffix(".ipynb")
+    old_cells = jupytext.read(ipynb).cells if ipynb.exists() else []
+    used: set[str] = set()
+    for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-    jupytext.write(notebook, md.with_suffix(".ipynb"))
+        # Keep the ids of the existing notebook so that pairing again changes
+        # only the cells that changed: the same cell first, else the same place.
+        same = [
+            c.get("id")
+            for c in old_cells
+            if (c.cell_type, c.source) == (cell.cell_type, cell.source)
+        ]
+        place = [old_cells[index].get("id")] if index < len(old_cells) else []
+        for candidate in same + place:
+            if candidate and candidate not in used:
+                cell.id = candidate
+                break
+        used.add(cell.id)
+    jupytext.write(notebook, ipynb)
 
 
 def main(argv: list[str]) -> int:
