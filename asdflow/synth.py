@@ -61,7 +61,7 @@ from asdflow.errors import AsdflowError
 SR = SAMPLE_RATE
 """Sample rate of every generated clip, in Hz."""
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bumped whenever the generated sounds change, so that cached factories are rebuilt."""
 
 MACHINES = ("fan", "bearing", "valve")
