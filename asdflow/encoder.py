@@ -149,6 +149,14 @@ class Encoder(nn.Module):
     ModelError
         Unknown backbone; ImageNet weights neither cached nor downloadable;
         unreadable weights file or one that does not fit the backbone.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from asdflow.encoder import Encoder
+    >>> encoder = Encoder("resnet18", weights="random")
+    >>> [tuple(f.shape) for f in encoder(torch.zeros(1, 3, 158, 126))]
+    [(1, 128, 20, 16), (1, 256, 10, 8), (1, 512, 5, 4)]
     """
 
     def __init__(
