@@ -628,6 +628,17 @@ def _compute_star(args: tuple[Path, FeatureConfig, Path | None]) -> np.ndarray:
     return _compute(*args)
 
 
+def _one_thread_per_worker() -> None:
+    """Pool initializer: one BLAS thread per worker process.
+
+    The workers already use every core; BLAS threads on top would only
+    compete for them (OpenBLAS threads spin while they wait).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def _n_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -716,7 +727,7 @@ def extract(
             from concurrent.futures import ProcessPoolExecutor
 
             chunksize = max(1, min(8, len(tasks) // (4 * n_jobs)))
-            executor = ProcessPoolExecutor(max_workers=n_jobs)
+            executor = ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread_per_worker)
             try:
                 results = executor.map(_compute_star, tasks, chunksize=chunksize)
                 for i, image in zip(todo, results, strict=True):
