@@ -32,6 +32,7 @@ identity. :class:`RowStats` standardises the rows (their scales range from
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -628,6 +629,17 @@ def _compute_star(args: tuple[Path, FeatureConfig, Path | None]) -> np.ndarray:
     return _compute(*args)
 
 
+@functools.cache
+def _warm_up() -> None:
+    """Compute one small image in this process, once.
+
+    librosa loads most of its modules and compiled functions on first use,
+    which takes seconds. Done here before the pool forks, every worker
+    inherits them instead of loading them again, in every pool.
+    """
+    feature_image(np.random.default_rng(0).standard_normal(4096).astype(np.float32))
+
+
 def _one_thread_per_worker() -> None:
     """Pool initializer: one BLAS thread per worker process.
 
@@ -724,8 +736,11 @@ def extract(
                 images[i] = image
                 bar.update()
         else:
+            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
+            if multiprocessing.get_start_method() == "fork":
+                _warm_up()
             chunksize = max(1, min(8, len(tasks) // (4 * n_jobs)))
             executor = ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread_per_worker)
             try:
