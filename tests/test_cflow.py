@@ -400,3 +400,57 @@ def test_bad_inputs_are_refused(fitted, train_images):
         fitted.score(np.zeros((158, 64), np.float32))
     with pytest.raises(ModelError, match="fewer than one batch"):
         CFlowDetector(TINY, progress=False).fit(train_images[:2])
+
+
+# -- the synthetic factory, quick mode ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_quick_cflow_separates_anomalies_on_the_synthetic_factory(factory, tmp_path_factory):
+    from asdflow import data, evaluation, features
+
+    cache = tmp_path_factory.mktemp("cflow-features")
+    config = CFlowConfig.quick()
+    table = {}
+    for machine in data.machines(factory):
+        train = data.scan(factory, machines=[machine], split="train")
+        test = data.scan(factory, machines=[machine], split="test")
+        train_images = features.extract(train, cache=cache, progress=False)
+        test_images = features.extract(test, cache=cache, progress=False)
+        detector = CFlowDetector(config, device="cpu", progress=False).fit(train_images)
+        maps = torch.from_numpy(detector.anomaly_maps(test_images))
+        y = np.array([clip.is_anomaly for clip in test], dtype=int)
+        domains = [clip.domain for clip in test]
+        for how in ("max", "mean"):
+            scores = aggregate_map(maps, how).numpy()
+            table[machine, how] = (
+                evaluation.domain_auc(y, scores, domains, "source"),
+                evaluation.domain_auc(y, scores, domains, "target"),
+                evaluation.auc(y, scores),
+            )
+        # the configured aggregation is what score() returns
+        np.testing.assert_allclose(
+            detector.score(test_images[:3]), aggregate_map(maps[:3], config.aggregation).numpy()
+        )
+    print("\nquick CFlow on the synthetic factory: AUC (source, target, all test clips)")
+    for (machine, how), aucs in table.items():
+        print(f"  {machine:8s} {how:4s} " + "  ".join(f"{v:.3f}" for v in aucs))
+    best = max(table[m, config.aggregation][0] for m, how in table if how == config.aggregation)
+    assert best >= 0.8
+
+
+@pytest.mark.slow
+def test_bench_train_reports_consistent_figures(capsys):
+    from asdflow.bench import bench_train
+
+    result = bench_train(n_clips=13, seconds=2.0, epochs=1, device="cpu")
+    assert result["epochs"] == 1 and result["n_clips"] == 13 and result["frames"] == 126
+    assert result["fit_s"] >= result["encode_s"] + result["train_s"]
+    # 13 images of 158 x 126 with ResNet-18: (320 + 80 + 20) fibers each, whole batches of 256
+    fibers_per_epoch = sum(n - n % 256 for n in (13 * 320, 13 * 80, 13 * 20))
+    assert result["fibers_per_s"] == pytest.approx(fibers_per_epoch / result["train_s"])
+    assert result["ratio"] == pytest.approx(
+        result["naive_s"] / (result["encode_s"] + result["train_s"])
+    )
+    assert result["score_clips_per_s"] > 0
+    assert "ratio" in capsys.readouterr().out
