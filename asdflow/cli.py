@@ -52,7 +52,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     """``asdflow features ROOT``: extract and cache the 158-row feature images."""
-    import dataclasses
     import time
 
     from asdflow import data, features
@@ -61,13 +60,13 @@ def cmd_features(args: argparse.Namespace) -> int:
     for machine in sorted({clip.machine for clip in clips}):
         group = [clip for clip in clips if clip.machine == machine]
         train = [clip for clip in group if clip.split == "train"] or group
-        n_samples = features.nominal_length(train)
-        config = dataclasses.replace(features.FeatureConfig(), n_samples=n_samples)
+        config = features.FeatureConfig().with_nominal_length(train)
         start = time.perf_counter()
         features.extract(group, config, n_jobs=args.jobs)
         print(
             f"{machine}: {len(group)} clips, images {config.n_rows} x "
-            f"{config.n_frames(n_samples)} (nominal length {n_samples / config.sr:g} s), "
+            f"{config.n_frames(config.n_samples)} "
+            f"(nominal length {config.n_samples / config.sr:g} s), "
             f"{time.perf_counter() - start:.1f} s"
         )
     print(f"{len(clips)} clips; cache: {features.default_cache()}")

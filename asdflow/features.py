@@ -40,7 +40,7 @@ import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,21 @@ class FeatureConfig:
         if self.n_samples is not None:
             n_samples = self.n_samples
         return 1 + int(n_samples) // self.hop_length
+
+    def with_nominal_length(self, train_clips: Sequence[Any]) -> FeatureConfig:
+        """This config with ``n_samples`` set to the nominal length of ``train_clips``.
+
+        The one place the length policy is fitted: a detector calls it on a
+        machine type's training clips and keeps the result for its test
+        clips; ``asdflow features`` calls it too, so the images it caches are
+        the ones the detector asks for.
+
+        Parameters
+        ----------
+        train_clips : sequence of Clip or path
+            A machine type's training clips (see :func:`nominal_length`).
+        """
+        return replace(self, n_samples=nominal_length(train_clips, sr=self.sr))
 
     def row_groups(self) -> dict[str, slice]:
         """The row groups of the image, top to bottom: name -> slice of rows."""

@@ -236,6 +236,7 @@ def test_nominal_length_is_the_most_common_then_the_longest(tmp_path: Path) -> N
     lengths = [16000, 16000, 12000, 8000]
     paths = [_write(tmp_path / f"c{i}.wav", np.zeros(n, np.float32)) for i, n in enumerate(lengths)]
     assert nominal_length(paths) == 16000
+    assert CONFIG.with_nominal_length(paths) == FeatureConfig(n_samples=16000)
     assert nominal_length(paths[2:]) == 12000  # a tie goes to the longer
     soundfile.write(tmp_path / "at8k.wav", np.zeros(4000, np.float32), 8000)
     assert nominal_length([tmp_path / "at8k.wav"]) == 8000
