@@ -333,6 +333,7 @@ def test_load_checks_the_recreated_encoder(fitted, test_images, tmp_path):
         loaded.score(test_images[:1])
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_ends_like_an_uninterrupted_run(
     train_images, test_images, tmp_path
 ):
