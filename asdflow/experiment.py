@@ -1,0 +1,1301 @@
+"""Experiments: train, test and compare detectors, one run folder per detector.
+
+This module is the orchestration behind ``asdflow train``, ``asdflow test``,
+``asdflow evaluate``, ``asdflow reproduce`` and ``asdflow demo``, and behind the
+book chapters that share trained detectors. Each step is one function:
+
+- :func:`run_config` - the settings of a run (quick or full, seed, epochs);
+- :func:`train_run` - train a detector on the normal training clips of one
+  machine type and save it in a *run folder*, with a :class:`RunInfo` record
+  (``run.json``: machine, model, seed, mode, settings, hardware, time);
+  CFlow training is checkpointed into the folder after every epoch, so an
+  interrupted call resumes where it stopped;
+- :func:`load_detector` - read the detector of a run folder back;
+- :func:`score_run` - score the machine's test clips and write the two DCASE
+  files (anomaly scores and decisions) into the run folder;
+- :func:`ground_truth` and :func:`collect_results` - read DCASE files of
+  any number of run folders and compute the official metrics;
+- :func:`evaluate_runs` - the result table of run folders, as a :class:`Summary`;
+- :func:`reproduce` - every machine type x seed x model, resumable, ending in
+  the layout of the report's Table 1 with the report's numbers beside ours;
+- :func:`trained_detector` - a detector from the shared cache of the book
+  chapters, trained on first use.
+
+A run folder holds::
+
+    run.json                                       RunInfo: what was trained, how, on what
+    cflow.pt | autoencoder.pt                      the detector (one per folder)
+    anomaly_score_<machine>_section_00_test.csv    written by score_run
+    decision_result_<machine>_section_00_test.csv  written by score_run
+    cflow-checkpoint.pt, training.json             only while CFlow training is unfinished
+
+Nothing already written is overwritten unless asked (``overwrite=True``,
+``--overwrite``); every file is written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from asdflow.errors import AsdflowError, LayoutError, ModelError, SubmissionError
+
+if TYPE_CHECKING:
+    from asdflow.baseline import AEConfig, AutoencoderDetector
+    from asdflow.cflow import CFlowConfig, CFlowDetector
+    from asdflow.data import Clip
+    from asdflow.evaluation import Cell, MachineResult, ResultTable, Truth
+    from asdflow.modes import Mode
+
+    Detector = CFlowDetector | AutoencoderDetector
+    Config = CFlowConfig | AEConfig
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DETECTOR_FILES",
+    "METHODS",
+    "MODELS",
+    "QUICK_TITLE",
+    "RUN_FILE",
+    "RunInfo",
+    "Summary",
+    "collect_results",
+    "data_fingerprint",
+    "evaluate_runs",
+    "ground_truth",
+    "hardware",
+    "has_detector",
+    "is_finished",
+    "load_detector",
+    "parse_settings",
+    "read_run_info",
+    "reproduce",
+    "run_config",
+    "run_dir",
+    "score_run",
+    "train_run",
+    "trained_detector",
+]
+
+MODELS = ("cflow", "ae")
+"""The detectors: ``"cflow"`` (:mod:`asdflow.cflow`) and ``"ae"`` (the DCASE baseline, :mod:`asdflow.baseline`)."""
+
+METHODS = {"cflow": "CFlow", "ae": "Baseline"}
+"""Column name of each model in result tables."""
+
+DETECTOR_FILES = {"cflow": "cflow.pt", "ae": "autoencoder.pt"}
+"""File name of the saved detector of each model in a run folder."""
+
+RUN_FILE = "run.json"
+"""File name of the :class:`RunInfo` record of a run folder."""
+
+CHECKPOINT_FILE = "cflow-checkpoint.pt"
+"""CFlow training state, written after every epoch and removed once the detector is saved."""
+
+_TRAINING_FILE = "training.json"
+
+QUICK_TITLE = (
+    "quick mode: synthetic data, resnet18 random weights, CPU — not comparable with the report"
+)
+"""First line of every table computed in quick mode."""
+
+_SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+
+def _say(message: str, progress: bool) -> None:
+    """A status line on stderr between progress bars (only when ``progress``)."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON would give it back (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _check_model(model: str) -> None:
+    if model not in MODELS:
+        raise ModelError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device name torch does not know, or CUDA on a machine without it."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError) as err:
+        raise ModelError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from err
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} was asked for but no CUDA GPU is available; use cpu")
+
+
+def hardware(device: str | None = None) -> str:
+    """The processor (and GPU, when ``device`` is CUDA) in words, for run records and tables.
+
+    Parameters
+    ----------
+    device : str or None
+        The torch device of the run (None: CUDA if available, else CPU).
+
+    Returns
+    -------
+    str
+        e.g. ``"CPU Intel(R) Xeon(R) ... (2 cores)"`` or
+        ``"GPU NVIDIA H100 80GB HBM3; CPU ... (16 cores)"``.
+    """
+    import torch
+
+    cpu = platform.processor() or platform.machine() or "unknown processor"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cores = os.cpu_count() or 1
+    text = f"CPU {cpu} ({cores} cores)"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        text = f"GPU {torch.cuda.get_device_name(torch.device(device))}; {text}"
+    return text
+
+
+def data_fingerprint(clips: Sequence[Clip]) -> str:
+    """A hash of the training files (name, size in bytes, modification time).
+
+    Regenerating, replacing or touching a file changes the fingerprint, so a
+    cached detector is not reused on other data.
+
+    Parameters
+    ----------
+    clips : sequence of Clip
+
+    Returns
+    -------
+    str
+        32 hexadecimal digits.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for clip in sorted(clips, key=lambda c: c.path.name):
+        stat = clip.path.stat()
+        digest.update(f"{clip.path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _train_clips(root: str | os.PathLike[str], machine: str) -> list[Clip]:
+    """The normal training clips of one machine type (development or additional training set)."""
+    from asdflow import data
+
+    clips = data.scan(root, machines=[machine], split="train")
+    clips = [clip for clip in clips if clip.label != "anomaly"]
+    if not clips:
+        raise LayoutError(
+            f"no training clips of machine type {machine!r} under {root}; expected "
+            f"{root}/dev_data/raw/{machine}/train/*.wav (or eval_data/raw/...)"
+        )
+    return clips
+
+
+def _test_clips(root: str | os.PathLike[str], machine: str) -> list[Clip]:
+    """The test clips of one machine type, sorted by path."""
+    from asdflow import data
+
+    clips = data.scan(root, machines=[machine], split="test")
+    if not clips:
+        raise LayoutError(
+            f"no test clips of machine type {machine!r} under {root}; expected "
+            f"{root}/dev_data/raw/{machine}/test/*.wav (or eval_data/raw/...)"
+        )
+    return clips
+
+
+# ---------------------------------------------------------------------------
+# Settings of a run
+# ---------------------------------------------------------------------------
+
+
+def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["n_blocks=2", "lr=1e-4"]`` -> ``{"n_blocks": 2, "lr": 0.0001}``.
+
+    Each value is read as JSON when it parses (numbers, ``true``,
+    ``null``...) and kept as a string otherwise. This is the parser of the
+    expert option ``--set FIELD=VALUE``.
+
+    Raises
+    ------
+    AsdflowError
+        For an item without ``=``.
+    """
+    settings: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise AsdflowError(f"--set expects FIELD=VALUE, got {item!r} (e.g. --set n_blocks=2)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        settings[key.strip()] = value
+    return settings
+
+
+def run_config(
+    model: str,
+    root: str | os.PathLike[str],
+    machine: str,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    epochs: int | None = None,
+    changes: dict[str, Any] | None = None,
+) -> Config:
+    """The settings of one run: the model's full or quick configuration with seed and epochs.
+
+    For CFlow the feature images of every clip get the machine's nominal
+    length (:meth:`asdflow.features.FeatureConfig.with_nominal_length` of its
+    training clips), as ``asdflow features`` computes them, so the images
+    that command caches are the ones training and scoring ask for.
+
+    Parameters
+    ----------
+    model : {"cflow", "ae"}
+    root : path
+        Data root (only the training files' headers are read).
+    machine : str
+        Machine type.
+    quick : bool
+        ``CFlowConfig.quick()`` / ``AEConfig.quick()`` instead of the full settings.
+    seed : int
+        Seed of the run (decoder or network initialisation, shuffling).
+    epochs : int or None
+        Training epochs instead of the configuration's.
+    changes : dict or None
+        Other fields to override (expert; see :func:`parse_settings`).
+
+    Returns
+    -------
+    CFlowConfig or AEConfig
+
+    Raises
+    ------
+    ModelError
+        For an unknown model or field, or a value the configuration refuses.
+    LayoutError
+        When the machine type has no training clips under ``root``.
+    """
+    from asdflow import features
+    from asdflow.baseline import AEConfig
+    from asdflow.cflow import CFlowConfig
+
+    _check_model(model)
+    cls = CFlowConfig if model == "cflow" else AEConfig
+    changes = dict(changes or {})
+    names = {f.name for f in dataclasses.fields(cls)} - {"features"}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ModelError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
+            f"known fields: {', '.join(sorted(names))}"
+        )
+    settings: dict[str, Any] = {"seed": int(seed)}
+    if model == "cflow":
+        train = _train_clips(root, machine)
+        settings["features"] = features.FeatureConfig().with_nominal_length(train)
+    if epochs is not None:
+        settings["epochs"] = int(epochs)
+    settings.update(changes)
+    try:
+        return cls.quick(**settings) if quick else cls(**settings)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"invalid {cls.__name__} settings {changes}: {err}") from err
+
+
+# ---------------------------------------------------------------------------
+# Run folders
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """The record of one trained detector, kept as ``run.json`` in its run folder.
+
+    Attributes
+    ----------
+    machine : str
+        Machine type trained on.
+    model : str
+        ``"cflow"`` or ``"ae"``.
+    seed : int
+        Seed of the run.
+    mode : str
+        ``"quick"`` or ``"full"``.
+    config : dict
+        The configuration, as plain values (``config.to_dict()``).
+    data : str
+        :func:`data_fingerprint` of the training clips.
+    n_train : int
+        Number of training clips.
+    root : str
+        Data root trained on.
+    device : str
+        Torch device of the training.
+    hardware : str
+        :func:`hardware` of the training machine.
+    train_seconds : float
+        Wall time of the training call that finished the detector (a resumed
+        run counts only its last part, see ``resumed``).
+    resumed : bool
+        The training resumed from a checkpoint of an interrupted call.
+    versions : dict
+        ``asdflow``, ``torch`` and ``python`` versions.
+    created : str
+        Local time the detector was saved, ISO 8601.
+    test_seconds : float or None
+        Wall time of :func:`score_run` (scoring and writing), once run.
+    n_test : int or None
+        Number of test clips scored.
+    """
+
+    machine: str
+    model: str
+    seed: int
+    mode: str
+    config: dict[str, Any]
+    data: str
+    n_train: int
+    root: str
+    device: str
+    hardware: str
+    train_seconds: float
+    resumed: bool = False
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    test_seconds: float | None = None
+    n_test: int | None = None
+
+    @property
+    def method(self) -> str:
+        """The column name of this run in result tables (``"CFlow"`` or ``"Baseline"``)."""
+        return METHODS.get(self.model, self.model)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON values."""
+        return _jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunInfo:
+        """Inverse of :meth:`to_dict`; unknown keys are ignored, missing ones raise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def run_dir(out: str | os.PathLike[str], model: str, machine: str, seed: int) -> Path:
+    """Run folder of one model, machine type and seed under ``out``: ``out/model/machine/seed<S>``."""
+    return Path(out) / model / machine / f"seed{int(seed)}"
+
+
+def read_run_info(directory: str | os.PathLike[str]) -> RunInfo | None:
+    """The :class:`RunInfo` of a run folder, or None when it has no ``run.json``.
+
+    Raises
+    ------
+    ModelError
+        When ``run.json`` exists but cannot be read.
+    """
+    path = Path(directory) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return RunInfo.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as err:
+        raise ModelError(
+            f"{path} is not a readable run record ({err}); remove the folder and train again"
+        ) from err
+
+
+def _write_run_info(directory: Path, info: RunInfo) -> None:
+    _atomic_write_text(directory / RUN_FILE, json.dumps(info.to_dict(), indent=1) + "\n")
+
+
+def _detector_path(directory: Path) -> tuple[str, Path] | None:
+    """(model, path) of the detector file in ``directory``, or None."""
+    for model, name in DETECTOR_FILES.items():
+        if (directory / name).is_file():
+            return model, directory / name
+    return None
+
+
+def has_detector(directory: str | os.PathLike[str]) -> bool:
+    """True when ``directory`` holds a saved detector and its ``run.json``."""
+    directory = Path(directory)
+    return _detector_path(directory) is not None and (directory / RUN_FILE).is_file()
+
+
+def _submission_paths(directory: Path, machine: str) -> tuple[Path, Path]:
+    from asdflow.evaluation import decision_file_name, score_file_name
+
+    return directory / score_file_name(machine), directory / decision_file_name(machine)
+
+
+def is_finished(directory: str | os.PathLike[str], machine: str) -> bool:
+    """True when a run folder holds a detector, ``run.json`` and both DCASE files of ``machine``."""
+    directory = Path(directory)
+    return has_detector(directory) and all(
+        p.is_file() for p in _submission_paths(directory, machine)
+    )
+
+
+def _new_detector(model: str, config: Config, device: str | None, progress: bool) -> Detector:
+    if model == "cflow":
+        from asdflow.cflow import CFlowDetector
+
+        return CFlowDetector(config, device=device, progress=progress)  # type: ignore[arg-type]
+    from asdflow.baseline import AutoencoderDetector
+
+    return AutoencoderDetector(config, device=device, progress=progress)  # type: ignore[arg-type]
+
+
+def _model_of(config: Config) -> str:
+    from asdflow.cflow import CFlowConfig
+
+    return "cflow" if isinstance(config, CFlowConfig) else "ae"
+
+
+def _versions() -> dict[str, str]:
+    import torch
+
+    import asdflow
+
+    return {
+        "asdflow": str(asdflow.__version__),
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+    }
+
+
+# ---------------------------------------------------------------------------
+# Train, load, test
+# ---------------------------------------------------------------------------
+
+
+def train_run(
+    root: str | os.PathLike[str],
+    machine: str,
+    out: str | os.PathLike[str],
+    *,
+    model: str = "cflow",
+    config: Config | None = None,
+    quick: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Detector:
+    """Train a detector on the normal training clips of one machine type and save it in ``out``.
+
+    Writes ``out/cflow.pt`` or ``out/autoencoder.pt`` (the detector) and
+    ``out/run.json`` (:class:`RunInfo`). CFlow training writes its state to
+    ``out/cflow-checkpoint.pt`` after every epoch: calling ``train_run``
+    again with the same settings after an interruption resumes from there.
+    The checkpoint is removed once the detector is saved.
+
+    Parameters
+    ----------
+    root : path
+        Data root (``<root>/dev_data/raw/<machine>/train/*.wav``).
+    machine : str
+        Machine type.
+    out : path
+        The run folder (created if needed).
+    model : {"cflow", "ae"}
+        Which detector; must match ``config`` when both are given.
+    config : CFlowConfig or AEConfig or None
+        Settings; None: :func:`run_config` (full or quick, seed 0).
+    quick : bool
+        Quick mode: the default settings are the quick ones, and the run is
+        recorded as a quick-mode run.
+    device : str or None
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (None: CUDA if available).
+    overwrite : bool
+        Replace a detector already in ``out`` (its DCASE files for this
+        machine are removed too, as they belong to the old detector), and
+        discard a checkpoint left by an interrupted run with other settings.
+    progress : bool
+        Progress bars and status lines on stderr.
+
+    Returns
+    -------
+    CFlowDetector or AutoencoderDetector
+        The fitted detector.
+
+    Raises
+    ------
+    ModelError
+        When ``out`` already holds a detector, or an unfinished run with other
+        settings, and ``overwrite`` is False; or when training fails.
+    LayoutError
+        When the machine type has no training clips under ``root``.
+    """
+    out = Path(out)
+    _check_device(device)
+    if config is None:
+        _check_model(model)
+        config = run_config(model, root, machine, quick=quick)
+    elif _model_of(config) != model:
+        raise ModelError(f"model {model!r} was asked for with a {type(config).__name__}")
+    if has_detector(out) and not overwrite:
+        info = read_run_info(out)
+        what = f"a {info.method} detector of {info.machine}" if info else "a detector"
+        raise ModelError(
+            f"{out} already holds {what}; nothing was changed. Choose another --out, "
+            "or pass --overwrite (overwrite=True) to train it again"
+        )
+    clips = _train_clips(root, machine)
+    fingerprint = data_fingerprint(clips)
+    plan = {
+        "machine": machine,
+        "model": model,
+        "config": _jsonable(config.to_dict()),
+        "data": fingerprint,
+    }
+
+    checkpoint = out / CHECKPOINT_FILE
+    training_file = out / _TRAINING_FILE
+    resumed = False
+    if checkpoint.exists():
+        try:
+            previous = json.loads(training_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous == plan:
+            resumed = True
+        elif overwrite:
+            checkpoint.unlink()
+        else:
+            raise ModelError(
+                f"{out} holds an interrupted training with other settings or data "
+                f"({checkpoint}); pass --overwrite (overwrite=True) to discard it, or "
+                "choose another --out"
+            )
+    if overwrite:
+        stale = [out / RUN_FILE, *(out / name for name in DETECTOR_FILES.values())]
+        stale += list(_submission_paths(out, machine))
+        for path in stale:
+            path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(training_file, json.dumps(plan, indent=1) + "\n")
+
+    _say(
+        f"training {METHODS[model]} on {machine} ({len(clips)} clips, seed {config.seed}) "
+        f"into {out}" + (" - resuming from the checkpoint" if resumed else ""),
+        progress,
+    )
+    detector = _new_detector(model, config, device, progress)
+    start = time.perf_counter()
+    if model == "cflow":
+        detector.fit(clips, checkpoint=checkpoint)  # type: ignore[call-arg]
+    else:
+        detector.fit(clips)
+    seconds = time.perf_counter() - start
+    detector.save(out / DETECTOR_FILES[model])
+
+    import torch
+
+    used = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = RunInfo(
+        machine=machine,
+        model=model,
+        seed=int(config.seed),
+        mode="quick" if quick else "full",
+        config=plan["config"],
+        data=fingerprint,
+        n_train=len(clips),
+        root=str(Path(root).resolve()),
+        device=str(used),
+        hardware=hardware(used),
+        train_seconds=round(seconds, 3),
+        resumed=resumed,
+        versions=_versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+    _write_run_info(out, info)
+    checkpoint.unlink(missing_ok=True)
+    training_file.unlink(missing_ok=True)
+    _say(f"saved {out / DETECTOR_FILES[model]} ({seconds:.1f} s of training)", progress)
+    return detector
+
+
+def load_detector(
+    directory: str | os.PathLike[str], *, device: str | None = None, progress: bool = True
+) -> Detector:
+    """The detector saved in a run folder by :func:`train_run`.
+
+    Raises
+    ------
+    ModelError
+        When the folder does not exist or holds no detector (naming the folder
+        and the files looked for), or the file cannot be read.
+    """
+    directory = Path(directory)
+    _check_device(device)
+    found = _detector_path(directory)
+    if not directory.is_dir() or found is None:
+        state = "does not exist" if not directory.is_dir() else "holds no trained detector"
+        raise ModelError(
+            f"{directory} {state} (looked for {' or '.join(DETECTOR_FILES.values())}); train "
+            f"one first: asdflow train ROOT --machine M --out {directory}"
+        )
+    model, path = found
+    if model == "cflow":
+        from asdflow.cflow import CFlowDetector
+
+        return CFlowDetector.load(path, device=device, progress=progress)
+    from asdflow.baseline import AutoencoderDetector
+
+    return AutoencoderDetector.load(path, device=device, progress=progress)
+
+
+def score_run(
+    directory: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    machine: str,
+    *,
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[Path, Path]:
+    """Score the test clips of one machine type and write the two DCASE files into the run folder.
+
+    Decisions are ``score > threshold_`` of the detector (the gamma-fit
+    threshold of its training scores).
+
+    Parameters
+    ----------
+    directory : path
+        Run folder holding a detector (see :func:`train_run`).
+    root : path
+        Data root holding the machine's test clips.
+    machine : str
+        Machine type; must be the one the detector was trained on.
+    device : str or None
+        Torch device for scoring.
+    overwrite : bool
+        Replace existing DCASE files of this machine in the folder.
+    progress : bool
+        Progress bars and status lines on stderr.
+
+    Returns
+    -------
+    score_path, decision_path : Path
+        ``anomaly_score_<machine>_section_00_test.csv`` and
+        ``decision_result_<machine>_section_00_test.csv``.
+
+    Raises
+    ------
+    ModelError
+        When the folder holds no detector, or one of another machine type.
+    SubmissionError
+        When the files exist and ``overwrite`` is False (checked before
+        scoring; nothing is written).
+    """
+    import numpy as np
+
+    from asdflow.evaluation import write_submission
+
+    directory = Path(directory)
+    detector = load_detector(directory, device=device, progress=progress)
+    info = read_run_info(directory)
+    if info is not None and info.machine != machine:
+        raise ModelError(
+            f"{directory} holds a detector trained on {info.machine!r}, not {machine!r}; "
+            f"pass --machine {info.machine} or the run folder of {machine}"
+        )
+    paths = _submission_paths(directory, machine)
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise SubmissionError(
+            f"{', '.join(existing)} already exist(s); nothing was written. Pass --overwrite "
+            "(overwrite=True) to replace them"
+        )
+    clips = _test_clips(root, machine)
+    _say(f"scoring {len(clips)} test clips of {machine} with {directory}", progress)
+    start = time.perf_counter()
+    scores = detector.score(clips)
+    decisions = (scores > detector.threshold_).astype(np.int64)
+    written = write_submission(
+        directory, machine, [clip.name for clip in clips], scores, decisions, overwrite=overwrite
+    )
+    if info is not None:
+        seconds = round(time.perf_counter() - start, 3)
+        _write_run_info(
+            directory, dataclasses.replace(info, test_seconds=seconds, n_test=len(clips))
+        )
+    return written
+
+
+# ---------------------------------------------------------------------------
+# Ground truth and results
+# ---------------------------------------------------------------------------
+
+
+def ground_truth(
+    machine: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    section: str = "00",
+) -> list[Truth]:
+    """The ground truth of one machine type's test clips.
+
+    Parameters
+    ----------
+    machine : str
+        Machine type.
+    root : path or None
+        Data root: labels and domains come from the test file names
+        (development set).
+    path : path or None
+        Instead of ``root``: an asdflow ground-truth CSV
+        (:func:`asdflow.evaluation.read_ground_truth`) for a single machine
+        type, or a folder holding either
+        ``ground_truth_<machine>_section_<ss>_test.csv`` in that format, or
+        the official evaluator's ``ground_truth_data/`` and
+        ``ground_truth_domain/`` folders.
+    section : str
+        Section id.
+
+    Returns
+    -------
+    list of Truth
+
+    Raises
+    ------
+    SubmissionError
+        When neither or both sources are given, or a file is missing or malformed.
+    LayoutError
+        When ``root`` has no test clips of the machine type.
+    """
+    from asdflow import evaluation
+
+    if (root is None) == (path is None):
+        raise SubmissionError(
+            "give the ground truth either as a data root (--root, labels from the file names) "
+            "or as a ground-truth file or folder (--ground-truth), not both or neither"
+        )
+    if root is not None:
+        clips = [c for c in _test_clips(root, machine) if c.section == section]
+        return evaluation.truth_from_clips(clips)
+    path = Path(path)  # type: ignore[arg-type]
+    if path.is_file():
+        return evaluation.read_ground_truth(path)
+    name = f"ground_truth_{machine}_section_{section}_test.csv"
+    if (path / "ground_truth_data").is_dir():
+        return evaluation.read_dcase_ground_truth(
+            path / "ground_truth_data" / name, path / "ground_truth_domain" / name
+        )
+    if (path / name).is_file():
+        return evaluation.read_ground_truth(path / name)
+    raise SubmissionError(
+        f"no ground truth of {machine!r} in {path}: expected a CSV file, {path / name}, or "
+        f"{path}/ground_truth_data/{name} with {path}/ground_truth_domain/{name}"
+    )
+
+
+def _submissions(directory: Path) -> list[tuple[str, str]]:
+    """(machine, section) of every anomaly-score file in ``directory``, sorted."""
+    found = []
+    for entry in sorted(directory.iterdir()):
+        match = _SCORE_FILE.match(entry.name)
+        if match and entry.is_file():
+            found.append((match["machine"], match["section"]))
+    return found
+
+
+def collect_results(
+    dirs: Sequence[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    ground_truth_path: str | os.PathLike[str] | None = None,
+) -> list[MachineResult]:
+    """Evaluate the DCASE files of run folders (or of any folder of DCASE files).
+
+    Every ``anomaly_score_<machine>_section_<ss>_test.csv`` of each folder is
+    read with its decision file and checked against the ground truth:
+    missing, extra or duplicate file names and non-finite scores are errors
+    that name the file. The method and seed of a run folder come from its
+    ``run.json``; a folder without one is a method named after the folder.
+
+    Parameters
+    ----------
+    dirs : sequence of path
+        Folders holding DCASE files.
+    root, ground_truth_path : path or None
+        Where the ground truth comes from (see :func:`ground_truth`).
+
+    Returns
+    -------
+    list of MachineResult
+        One per folder, machine type and section, in folder order.
+
+    Raises
+    ------
+    SubmissionError
+        For a missing folder, a folder without DCASE files, or a bad file.
+    """
+    from asdflow.evaluation import evaluate_submission
+
+    if not dirs:
+        raise SubmissionError("no folders of DCASE files given")
+    found: list[tuple[Path, str, str, RunInfo | None]] = []
+    for directory in map(Path, dirs):
+        if not directory.is_dir():
+            raise SubmissionError(f"{directory} does not exist or is not a folder")
+        files = _submissions(directory)
+        if not files:
+            raise SubmissionError(
+                f"{directory} holds no anomaly_score_<machine>_section_00_test.csv; write them "
+                f"first: asdflow test {directory} ROOT --machine M"
+            )
+        info = read_run_info(directory)
+        found += [(directory, machine, section, info) for machine, section in files]
+    if ground_truth_path is not None and Path(ground_truth_path).is_file():
+        kinds = sorted({(machine, section) for _, machine, section, _ in found})
+        if len(kinds) > 1:
+            raise SubmissionError(
+                f"{ground_truth_path} is one ground-truth file but the folders hold "
+                f"{len(kinds)} machine types/sections; give a folder with one "
+                "ground_truth_<machine>_section_00_test.csv per machine type"
+            )
+    truths: dict[tuple[str, str], list[Truth]] = {}
+    results = []
+    for directory, machine, section, info in found:
+        if (machine, section) not in truths:
+            truths[(machine, section)] = ground_truth(
+                machine, root=root, path=ground_truth_path, section=section
+            )
+        results.append(
+            evaluate_submission(
+                directory,
+                machine,
+                truths[(machine, section)],
+                section=section,
+                method=info.method if info else directory.name,
+                seed=info.seed if info else None,
+            )
+        )
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A result table with the lines that say what it is.
+
+    Attributes
+    ----------
+    table : ResultTable
+        Rows machine type x metric, columns methods (values are fractions).
+    results : tuple of MachineResult
+        The runs the table summarises.
+    title : tuple of str
+        Lines printed above the table; the first one is :data:`QUICK_TITLE`
+        for quick-mode runs.
+    notes : tuple of str
+        Lines printed below it (hardware, time).
+    """
+
+    table: ResultTable
+    results: tuple[MachineResult, ...]
+    title: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def to_text(self) -> str:
+        """Title, markdown table (values in %) and notes, as printed by the command line."""
+        parts = [*self.title, "", self.table.to_markdown().rstrip("\n"), ""]
+        parts += list(self.notes)
+        return "\n".join(parts).strip("\n") + "\n"
+
+    def to_markdown(self) -> str:
+        """The same as a markdown document: title lines as paragraphs, then table and notes."""
+        parts = [line + "\n" for line in self.title]
+        parts.append(self.table.to_markdown())
+        parts += [line + "\n" for line in self.notes]
+        return "\n".join(parts)
+
+    def write(
+        self, folder: str | os.PathLike[str], *, name: str = "results", overwrite: bool = False
+    ) -> tuple[Path, Path]:
+        """Write ``<folder>/<name>.csv`` (fractions, full precision) and ``<name>.md``.
+
+        Raises
+        ------
+        SubmissionError
+            When a file exists and ``overwrite`` is False; nothing is written then.
+        """
+        folder = Path(folder)
+        paths = (folder / f"{name}.csv", folder / f"{name}.md")
+        existing = [str(p) for p in paths if p.exists()]
+        if existing and not overwrite:
+            raise SubmissionError(
+                f"{', '.join(existing)} already exist(s); nothing was written. Pass "
+                "--overwrite (overwrite=True) or choose another --out/--name"
+            )
+        _atomic_write_text(paths[0], self.table.to_csv())
+        _atomic_write_text(paths[1], self.to_markdown())
+        return paths
+
+
+def _order_methods(table: ResultTable) -> ResultTable:
+    """Columns as in the report's Table 1: each published column beside ours, baseline first."""
+    order = ["Baseline (report)", "Baseline", "CFlow (report)", "CFlow"]
+    known = [m for m in order if m in table.methods]
+    rest = [m for m in table.methods if m not in order]
+    return dataclasses.replace(table, methods=tuple(known + rest))
+
+
+def _describe_runs(results: Sequence[MachineResult]) -> str:
+    seeds: dict[str, set] = {}
+    for r in results:
+        seeds.setdefault(r.method, set()).add(r.seed)
+    parts = []
+    for method, values in seeds.items():
+        n = len(values)
+        parts.append(f"{method} {n} run{'s' if n > 1 else ''}" + (" (mean ± sd)" if n > 1 else ""))
+    return "AUC and pAUC in %; " + ", ".join(parts)
+
+
+def evaluate_runs(
+    dirs: Sequence[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    ground_truth_path: str | os.PathLike[str] | None = None,
+    reference: dict[tuple[str, str, str], Cell] | None = None,
+    notes: Sequence[str] = (),
+) -> Summary:
+    """The result table of run folders: per machine type AUC (source/target) and pAUC.
+
+    Folders of the same method with different seeds give mean ± sd (see
+    :func:`asdflow.evaluation.result_table`).
+
+    Parameters
+    ----------
+    dirs : sequence of path
+        Run folders (or folders of DCASE files).
+    root, ground_truth_path : path or None
+        Ground truth (see :func:`ground_truth`).
+    reference : dict or None
+        Published cells to show beside ours, e.g.
+        :data:`asdflow.evaluation.REPORT_TABLE1`.
+    notes : sequence of str
+        Lines to print below the table.
+
+    Returns
+    -------
+    Summary
+        Titled :data:`QUICK_TITLE` when any run was trained in quick mode.
+    """
+    from asdflow.evaluation import result_table
+
+    results = collect_results(dirs, root=root, ground_truth_path=ground_truth_path)
+    machines = list(dict.fromkeys(r.machine for r in results))
+    table = _order_methods(result_table(results, reference=reference, machines=machines))
+    modes = {info.mode for d in dirs if (info := read_run_info(d)) is not None}
+    title = [QUICK_TITLE] if "quick" in modes else []
+    title.append(_describe_runs(results))
+    return Summary(table, tuple(results), tuple(title), tuple(notes))
+
+
+# ---------------------------------------------------------------------------
+# Reproduce Table 1
+# ---------------------------------------------------------------------------
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(wanted))
+    return [
+        f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now"
+        for k in keys
+        if saved.get(k) != wanted.get(k)
+    ]
+
+
+def _check_same_run(directory: Path, info: RunInfo, config: Config, mode: str) -> None:
+    """Refuse to reuse a run folder that was trained with other settings."""
+    wanted = _jsonable(config.to_dict())
+    if info.mode != mode or info.config != wanted:
+        diffs = [f"mode: {info.mode!r} there, {mode!r} now"] if info.mode != mode else []
+        diffs += _differences(info.config, wanted)
+        raise ModelError(
+            f"{directory} holds a run with other settings ({'; '.join(diffs[:3])}); "
+            "choose another --out, or remove that folder to train it again"
+        )
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    _atomic_write_text(path, text)
+
+
+def reproduce(
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    machines: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    models: Sequence[str] = ("ae", "cflow"),
+    quick: bool = False,
+    device: str | None = None,
+    epochs: int | None = None,
+    changes: dict[str, Any] | None = None,
+    reference: dict[tuple[str, str, str], Cell] | None = None,
+    name: str = "table1",
+    progress: bool = True,
+) -> Summary:
+    """Train and test every machine type x seed x model, then tabulate (the report's Table 1).
+
+    Each run gets its folder ``out/<model>/<machine>/seed<S>`` (:func:`run_dir`).
+    A finished run (detector, ``run.json`` and both DCASE files) is not
+    redone; a trained but untested one is only tested; an interrupted CFlow
+    training resumes from its checkpoint. A run folder trained with other
+    settings or in the other mode is an error, never silently reused. The
+    table is written to ``out/<name>.csv`` and ``out/<name>.md`` (only when
+    its content changed: these files are derived from the runs).
+
+    Parameters
+    ----------
+    root : path
+        Data root holding the development set.
+    out : path
+        Folder of all runs.
+    machines : sequence of str or None
+        Machine types (None: every development machine type under ``root``).
+    seeds : sequence of int
+        One run per seed (the report: three).
+    models : sequence of {"cflow", "ae"}
+        Which detectors.
+    quick : bool
+        Quick-mode settings (``CFlowConfig.quick()``, ``AEConfig.quick()``).
+    device : str or None
+        Torch device (None: CUDA if available).
+    epochs : int or None
+        Training epochs instead of the configurations' (both models).
+    changes : dict or None
+        Expert overrides, keyed ``"<model>.<field>"``, e.g. ``{"cflow.n_blocks": 2}``.
+    reference : dict or None
+        Published cells to show beside ours (the command line passes
+        :data:`asdflow.evaluation.REPORT_TABLE1`).
+    name : str
+        Stem of the table files.
+    progress : bool
+        Progress bars and status lines on stderr.
+
+    Returns
+    -------
+    Summary
+        With the hardware and the training time in its notes.
+    """
+    from asdflow import data
+
+    start = time.perf_counter()
+    _check_device(device)
+    for model in models:
+        _check_model(model)
+    per_model: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
+    for key, value in (changes or {}).items():
+        model, sep, field_name = key.partition(".")
+        if not sep or model not in MODELS:
+            raise ModelError(
+                f"setting {key!r} must name its model first, e.g. cflow.n_blocks or ae.epochs"
+            )
+        per_model[model][field_name] = value
+    out = Path(out)
+    if machines is None:
+        machines = data.machines(root, dataset="dev")
+        if not machines:
+            raise LayoutError(f"no development machine types under {root}/dev_data/raw/")
+    else:
+        data.scan(root, machines=list(machines), split="train")  # unknown machine: LayoutError
+    machines = list(dict.fromkeys(machines))
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    mode = "quick" if quick else "full"
+    plan = [(m, machine, s) for machine in machines for s in seeds for m in models]
+    trained = tested = 0
+    dirs = []
+    for i, (model, machine, seed) in enumerate(plan, start=1):
+        directory = run_dir(out, model, machine, seed)
+        dirs.append(directory)
+        config = run_config(
+            model,
+            root,
+            machine,
+            quick=quick,
+            seed=seed,
+            epochs=epochs,
+            changes=per_model[model],
+        )
+        label = f"[{i}/{len(plan)}] {METHODS[model]} {machine} seed {seed}"
+        info = read_run_info(directory) if has_detector(directory) else None
+        if info is not None:
+            _check_same_run(directory, info, config, mode)
+        if is_finished(directory, machine):
+            _say(f"{label}: finished earlier, reused", progress)
+            continue
+        if info is None:
+            _say(f"{label}: training", progress)
+            train_run(
+                root,
+                machine,
+                directory,
+                model=model,
+                config=config,
+                quick=quick,
+                device=device,
+                overwrite=False,
+                progress=progress,
+            )
+            trained += 1
+        _say(f"{label}: testing", progress)
+        # A lone DCASE file is the remains of an interrupted test of this same detector.
+        score_run(directory, root, machine, device=device, overwrite=True, progress=progress)
+        tested += 1
+
+    infos = [info for d in dirs if (info := read_run_info(d)) is not None]
+    train_total = sum(info.train_seconds for info in infos)
+    test_total = sum(info.test_seconds or 0.0 for info in infos)
+    used = sorted({info.hardware for info in infos})
+    notes = [
+        f"{len(plan)} runs: {len(machines)} machine types x {len(seeds)} seeds x "
+        f"{len(models)} models, in {out}",
+        f"training: {train_total / 60:.1f} min in total, {train_total / len(plan) / 60:.2f} min "
+        f"per run (report: 9 min per machine type on average); scoring and writing the test "
+        f"files: {test_total:.1f} s in total",
+        f"hardware: {' | '.join(used)}",
+    ]
+    summary = evaluate_runs(dirs, root=root, reference=reference, notes=notes)
+    _write_if_changed(out / f"{name}.csv", summary.table.to_csv())
+    _write_if_changed(out / f"{name}.md", summary.to_markdown())
+    this_call = (
+        f"this call: {trained} trained, {tested} tested, {len(plan) - tested} reused; "
+        f"{time.perf_counter() - start:.1f} s; table in {out / name}.md and .csv"
+    )
+    return dataclasses.replace(summary, notes=(*summary.notes, this_call))
+
+
+# ---------------------------------------------------------------------------
+# The book's shared detectors
+# ---------------------------------------------------------------------------
+
+
+def trained_detector(
+    root: str | os.PathLike[str],
+    machine: str,
+    *,
+    model: str = "cflow",
+    mode: Mode,
+    seed: int = 0,
+    config: Config | None = None,
+    progress: bool = True,
+) -> Detector:
+    """A detector from the shared cache of the book chapters, trained there on first use.
+
+    The run folder is ``cache_dir()/runs/<mode.name>/<model>/<machine>/seed<seed>/``
+    (:func:`asdflow.modes.cache_dir`). When it holds a detector trained with
+    the same settings on the same training files, that detector is loaded;
+    otherwise one is trained with :func:`train_run` and saved there
+    (replacing an outdated one). So the first chapter that needs a detector
+    trains it, later chapters reuse it, and a chapter run on an empty cache
+    rebuilds it.
+
+    Parameters
+    ----------
+    root : path
+        Data root (from :func:`asdflow.modes.prepare_data`).
+    machine : str
+        Machine type.
+    model : {"cflow", "ae"}
+    mode : Mode
+        From :func:`asdflow.modes.detect_mode`: chooses quick or full
+        settings, the cache folder and the device.
+    seed : int
+        Seed of the run; it replaces ``config.seed``.
+    config : CFlowConfig or AEConfig or None
+        Settings (None: :func:`run_config` of the mode).
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    CFlowDetector or AutoencoderDetector
+    """
+    from asdflow.modes import cache_dir
+
+    _check_model(model)
+    directory = run_dir(cache_dir() / "runs" / mode.name, model, machine, seed)
+    if config is None:
+        config = run_config(model, root, machine, quick=mode.quick, seed=seed)
+    else:
+        config = dataclasses.replace(config, seed=int(seed))
+    info = read_run_info(directory) if has_detector(directory) else None
+    if (
+        info is not None
+        and info.model == model
+        and info.machine == machine
+        and info.config == _jsonable(config.to_dict())
+        and info.data == data_fingerprint(_train_clips(root, machine))
+    ):
+        _say(f"{METHODS[model]} of {machine} (seed {seed}) loaded from {directory}", progress)
+        return load_detector(directory, device=mode.device, progress=progress)
+    return train_run(
+        root,
+        machine,
+        directory,
+        model=model,
+        config=config,
+        quick=mode.quick,
+        device=mode.device,
+        overwrite=True,
+        progress=progress,
+    )
