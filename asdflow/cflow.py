@@ -177,7 +177,19 @@ class CFlowConfig:
         Seed of the decoders' initial weights and of the fiber shuffling.
     features : FeatureConfig or None
         How clips become feature images (None: :class:`asdflow.features.FeatureConfig`
-        defaults). Unused when the detector is given feature images directly.
+        defaults). Unused when the detector is given feature images directly,
+        except to name the row groups of ``rows``.
+    rows : tuple of str or None
+        Ablation: the row groups (names of :data:`asdflow.features.GROUPS`,
+        e.g. ``("mel",)``) kept in the image before the encoder, in the
+        image's own order whatever the order given. None (the report) keeps
+        all rows. The selection is applied after the row standardisation, at
+        fit and at scoring alike, so anomaly maps cover the kept rows only.
+    positional_encoding : bool
+        Ablation: False conditions every fiber on a vector of zeros instead
+        of its 2-D positional encoding, so the decoders cannot tell where a
+        fiber comes from (same networks, same ``cond_dim``). True is the
+        report's and CFLOW-AD's design.
     """
 
     backbone: str = "wide_resnet50_2"
@@ -198,8 +210,21 @@ class CFlowConfig:
     fiber_norm: str = "none"
     seed: int = 0
     features: FeatureConfig | None = field(default=None)
+    rows: tuple[str, ...] | None = None
+    positional_encoding: bool = True
 
     def __post_init__(self) -> None:
+        if self.rows is not None:
+            from asdflow.features import GROUPS
+
+            rows = (self.rows,) if isinstance(self.rows, str) else tuple(self.rows)
+            unknown = [r for r in rows if r not in GROUPS]
+            if not rows or unknown or len(set(rows)) != len(rows):
+                raise ModelError(
+                    f"CFlowConfig.rows must be None or distinct names of {GROUPS}, got "
+                    f"{self.rows!r}"
+                )
+            object.__setattr__(self, "rows", rows)  # lists (JSON, --set) become tuples
         if self.aggregation not in _AGGREGATIONS:
             raise ModelError(
                 f"aggregation must be one of {_AGGREGATIONS}, got {self.aggregation!r}"
@@ -272,6 +297,40 @@ class CFlowConfig:
         if self.features is not None:
             out["features"] = _plain(dataclasses.asdict(self.features))
         return out
+
+    def row_indices(self, n_rows: int) -> np.ndarray:
+        """Indices of the image rows the detector keeps (:attr:`rows`), top to bottom.
+
+        Parameters
+        ----------
+        n_rows : int
+            Rows of the input feature images (158 for the report's features).
+
+        Returns
+        -------
+        np.ndarray [shape=(n_kept,), dtype=int64]
+            ``arange(n_rows)`` when ``rows`` is None.
+
+        Raises
+        ------
+        ModelError
+            When ``rows`` is set and the images do not have the rows of
+            ``features`` (the recipe that names the groups).
+        """
+        if self.rows is None:
+            return np.arange(n_rows)
+        from asdflow.features import FeatureConfig
+
+        recipe = self.features or FeatureConfig()
+        if n_rows != recipe.n_rows:
+            raise ModelError(
+                f"CFlowConfig.rows={self.rows} needs images of {recipe.n_rows} rows (the "
+                f"features config), got {n_rows}; pass the FeatureConfig the images were made with"
+            )
+        groups = recipe.row_groups()
+        return np.concatenate(
+            [np.arange(s.start, s.stop) for name, s in groups.items() if name in self.rows]
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CFlowConfig:
@@ -514,10 +573,12 @@ def _fibers(features: Tensor) -> Tensor:
     return features.permute(0, 2, 3, 1).reshape(b * h * w, c)
 
 
-def _condition(height: int, width: int, dim: int) -> Tensor:
-    """(H*W, dim) positional encodings in the order of :func:`_fibers`."""
+def _condition(height: int, width: int, dim: int, *, positional: bool = True) -> Tensor:
+    """(H*W, dim) positional encodings in the order of :func:`_fibers` (zeros if not positional)."""
     from asdflow.flows import positional_encoding
 
+    if not positional:
+        return torch.zeros(height * width, dim)
     pe = positional_encoding(height, width, dim, dtype=torch.float32)
     return pe.permute(1, 2, 0).reshape(height * width, dim)
 
@@ -621,6 +682,7 @@ def encode_fibers(
     images: Sequence[np.ndarray],
     *,
     cond_dim: int = 128,
+    positional: bool = True,
     device: torch.device | str = "cpu",
     store: torch.device | str | None = None,
     progress: bool = False,
@@ -636,6 +698,9 @@ def encode_fibers(
         Standardised feature images (sizes may differ).
     cond_dim : int
         Length of the positional encoding.
+    positional : bool
+        False: every condition is a vector of zeros (the ablation
+        ``CFlowConfig(positional_encoding=False)``).
     device : torch.device or str
         Where the encoder runs.
     store : torch.device or str or None
@@ -671,7 +736,7 @@ def encode_fibers(
             hw = shapes[s]
             if hw not in starts:
                 starts[hw] = total
-                rows.append(_condition(hw[0], hw[1], cond_dim))
+                rows.append(_condition(hw[0], hw[1], cond_dim, positional=positional))
                 total += hw[0] * hw[1]
         cond_table.append(torch.cat(rows))
         cond_start.append(starts)
@@ -984,7 +1049,8 @@ class CFlowDetector:
     channels_ : list of int
         Channels of the three encoder scales.
     n_rows_ : int
-        Rows of the training images (158 for the report's features).
+        Rows of the training images as given (158 for the report's
+        features), before ``config.rows`` keeps some of them.
     decoders_ : nn.ModuleList of ScaleDecoder
         One decoder per scale: a fixed fiber normalisation and a conditional flow.
     constants_ : ScoreConstants
@@ -1078,7 +1144,12 @@ class CFlowDetector:
         return images
 
     def _standardise(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(self.row_stats_.transform(im), dtype=np.float32) for im in images]
+        """Standardised images, cut to the rows of ``config.rows``: what the encoder sees."""
+        keep = self.config.row_indices(self.n_rows_)
+        out = [np.asarray(self.row_stats_.transform(im), dtype=np.float32) for im in images]
+        if self.config.rows is None:
+            return out
+        return [np.ascontiguousarray(im[keep]) for im in out]
 
     def _encoder_module(self) -> nn.Module:
         """The frozen encoder, built on first use and checked against the trained one."""
@@ -1138,6 +1209,7 @@ class CFlowDetector:
 
         cfg = self.config
         raw = self._images(data, training=True)
+        cfg.row_indices(raw[0].shape[0])  # images without the named row groups fail here
         for name in _LEARNED:  # a failed fit must not leave a half-updated detector
             self.__dict__.pop(name, None)
         self.row_stats_ = RowStats().fit(raw)
@@ -1153,6 +1225,7 @@ class CFlowDetector:
             encoder,
             images,
             cond_dim=cfg.cond_dim,
+            positional=cfg.positional_encoding,
             device=device,
             progress=self.progress,
         )
@@ -1383,7 +1456,9 @@ class CFlowDetector:
             for s, out in enumerate(outputs):
                 b, _, h, w = out.shape
                 if (h, w) not in conditions:
-                    conditions[(h, w)] = _condition(h, w, cfg.cond_dim)
+                    conditions[(h, w)] = _condition(
+                        h, w, cfg.cond_dim, positional=cfg.positional_encoding
+                    )
                 fibers = _fibers(out).to(torch.float16)
                 index = torch.arange(h * w).repeat(b)
                 log_p.append(self._decode(s, fibers, conditions[(h, w)], index).reshape(b, h, w))
@@ -1425,9 +1500,11 @@ class CFlowDetector:
 
         Returns
         -------
-        np.ndarray [shape=(n, rows, frames), dtype=float32]
+        np.ndarray [shape=(n, n_kept_rows, frames), dtype=float32]
             ``map_max - sum over scales of exp(log p / C - scale_max)``,
-            upsampled; at least 0 on the training clips.
+            upsampled; at least 0 on the training clips. ``n_kept_rows`` is
+            the number of input rows (158) unless ``config.rows`` keeps only
+            some row groups (:meth:`CFlowConfig.row_indices` lists them).
         """
         self._check_fitted()
         images = self._standardise(self._images(data))
