@@ -109,6 +109,14 @@ class _HelpFormatter(argparse.HelpFormatter):
         return "\n\n".join(blocks)
 
 
+def _set_threads(args: argparse.Namespace) -> None:
+    """Apply ``--threads`` (torch's CPU threads) when given."""
+    if getattr(args, "threads", None) is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     """The expert ``--set FIELD=VALUE`` options as a dict."""
     from asdflow import experiment
@@ -120,6 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``asdflow train ROOT --machine M --model cflow|ae --out DIR``."""
     from asdflow import experiment
 
+    _set_threads(args)
     config = experiment.run_config(
         args.model,
         args.root,
@@ -153,6 +162,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     """``asdflow test DIR ROOT --machine M``: write the two DCASE files."""
     from asdflow import experiment
 
+    _set_threads(args)
     paths = experiment.score_run(
         args.dir, args.root, args.machine, device=args.device, overwrite=args.overwrite
     )
@@ -182,6 +192,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     """``asdflow reproduce ROOT``: Table 1 of the report, resumable."""
     from asdflow import evaluation, experiment
 
+    _set_threads(args)
     out = args.out or Path("runs/reproduce-quick" if args.quick else "runs/reproduce")
     summary = experiment.reproduce(
         args.root,
@@ -207,6 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from asdflow.modes import cache_dir
 
     start = time.perf_counter()
+    _set_threads(args)
     workdir = args.workdir if args.workdir is not None else cache_dir() / "demo"
     print(f"1. generating the quick synthetic factory in {workdir / 'data'}")
     root = synth.make_factory(workdir / "data", seed=args.seed, **synth.QUICK_FACTORY)
@@ -262,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default: %(default)s; the quick networks are small, and more "
+        "threads slow them down many times over when other programs share the cores)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="generate a toy factory in the DCASE 2024 layout")
@@ -391,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="quick-mode settings: resnet18 with random weights, few epochs (CPU-friendly)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="training epochs instead of default")
     p.add_argument("--seed", type=int, default=0, help="seed of the run (default: %(default)s)")
     p.add_argument(
@@ -430,6 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root", type=Path, help="data root (holds dev_data/raw/<machine>/test/)")
     p.add_argument("--machine", required=True, metavar="M", help="machine type, e.g. fan")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing DCASE files")
     p.set_defaults(func=cmd_test)
 
@@ -516,6 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="quick-mode settings (CPU-friendly)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="training epochs of both models")
     p.add_argument(
         "--set",

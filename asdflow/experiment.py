@@ -1002,7 +1002,7 @@ def _describe_runs(results: Sequence[MachineResult]) -> str:
     parts = []
     for method, values in seeds.items():
         n = len(values)
-        parts.append(f"{method} {n} run{'s' if n > 1 else ''}" + (" (mean ± sd)" if n > 1 else ""))
+        parts.append(f"{method} {_count(n, 'run')}" + (" (mean ± sd)" if n > 1 else ""))
     return "AUC and pAUC in %; " + ", ".join(parts)
 
 
@@ -1073,6 +1073,10 @@ def _check_same_run(directory: Path, info: RunInfo, config: Config, mode: str) -
         )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _write_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
@@ -1141,6 +1145,7 @@ def reproduce(
 
     start = time.perf_counter()
     _check_device(device)
+    models = list(dict.fromkeys(models))
     for model in models:
         _check_model(model)
     per_model: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
@@ -1207,8 +1212,8 @@ def reproduce(
     test_total = sum(info.test_seconds or 0.0 for info in infos)
     used = sorted({info.hardware for info in infos})
     notes = [
-        f"{len(plan)} runs: {len(machines)} machine types x {len(seeds)} seeds x "
-        f"{len(models)} models, in {out}",
+        f"{_count(len(plan), 'run')}: {_count(len(machines), 'machine type')} x "
+        f"{_count(len(seeds), 'seed')} x {_count(len(models), 'model')}, in {out}",
         f"training: {train_total / 60:.1f} min in total, {train_total / len(plan) / 60:.2f} min "
         f"per run (report: 9 min per machine type on average); scoring and writing the test "
         f"files: {test_total:.1f} s in total",
