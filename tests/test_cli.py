@@ -255,3 +255,30 @@ def test_reproduce_resumes_and_does_nothing_the_second_time(factory, tmp_path, c
     code, _, err = run(capsys, *full)
     assert code == 2 and "holds a run with other settings (mode: 'quick' there" in err
     assert snapshot(out) == before
+
+
+@pytest.mark.slow
+def test_demo_prints_the_data_then_both_detectors_side_by_side(tmp_path, capsys, monkeypatch):
+    """The demo's steps, on a one-machine factory just large enough for tiny settings."""
+    from asdflow import synth
+
+    small = {"machines": (MACHINE,), "n_train_source": 14, "n_train_target": 2}
+    monkeypatch.setattr(
+        synth, "QUICK_FACTORY", {**synth.QUICK_FACTORY, **small, "n_test_per_domain": 2}
+    )
+    reproduce = experiment.reproduce
+    tiny = {"cflow.n_blocks": 1, "cflow.fiber_batch": 256, "ae.batch_size": 256}
+    monkeypatch.setattr(
+        experiment,
+        "reproduce",
+        lambda *a, **k: reproduce(*a, **k, epochs=1, changes=tiny, progress=False),
+    )
+    torch.set_num_threads(2)
+    code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
+    assert code == 0
+    assert f"{16 + 8} clips under {tmp_path / 'data'}" in out
+    assert experiment.QUICK_TITLE in out
+    assert "| machine | metric (%) | Baseline | CFlow |" in out
+    assert out.count(f"| {MACHINE} | AUC (source) |") == 1
+    assert (tmp_path / "runs" / "demo.md").is_file()
+    assert torch.get_num_threads() == 1  # --threads defaults to 1
