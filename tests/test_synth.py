@@ -346,13 +346,3 @@ def test_cli_synth_rejects_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert cli.main(["synth", str(tmp_path), "--quick", "--seconds", "0"]) == 2
     assert "seconds=0.0" in capsys.readouterr().err
     assert not (tmp_path / synth.MARKER).exists()
-
-
-def test_cli_demo_prints_the_data(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(synth, "QUICK_FACTORY", {**synth.QUICK_FACTORY, **TINY})
-    assert cli.main(["demo", "--workdir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert f"{3 * (3 + 1 + 4)} clips under" in out
-    assert data.machines(tmp_path / "data") == sorted(synth.QUICK_FACTORY["machines"])
