@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from matplotlib.axes import Axes
 
     from asdflow.features import FeatureConfig
@@ -99,6 +101,93 @@ def plot_feature_image(
         ax.axhline(y_edges[rows.start], color="white", linewidth=0.8)
     ax.set_yticks([(y_edges[rows.start] + y_edges[rows.stop]) / 2 for rows in groups.values()])
     ax.set_yticklabels(list(groups), fontsize=7)
+    ax.set_ylim(y_edges[-1], 0.0)
+    ax.set_xlabel("time (s)")
+    if title is not None:
+        ax.set_title(title)
+    return ax
+
+
+def plot_anomaly_map(
+    amap: np.ndarray,
+    *,
+    rows: Sequence[str] | None = None,
+    config: FeatureConfig | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    min_height: float = 6.0,
+    colorbar: bool = True,
+) -> Axes:
+    """Show an anomaly map over time and feature rows, its row groups labelled.
+
+    The layout is that of :func:`plot_feature_image` (row 0 at the top, every
+    group at least ``min_height`` mel bands tall, white lines between groups),
+    so a map and its feature image can be read side by side.
+
+    Parameters
+    ----------
+    amap : np.ndarray [shape=(n_kept_rows, t)]
+        One anomaly map, e.g. ``CFlowDetector.anomaly_maps(images)[i]``
+        (higher = less likely under the training clips).
+    rows : sequence of str, optional
+        The row groups the map covers, as in ``CFlowConfig.rows`` (default:
+        all groups of ``config``). Given in any order; the map's rows are
+        the groups' rows in the image's order.
+    config : FeatureConfig, optional
+        The recipe of the image, for the row groups and the time axis
+        (default: the report's).
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure otherwise.
+    title : str, optional
+        Axes title.
+    vmin, vmax : float, optional
+        Colour range (default: the map's minimum and maximum). Pass the same
+        values to maps that should be compared.
+    min_height : float
+        Least display height of a group, in rows of the mel group.
+    colorbar : bool
+        Draw a colour bar beside the axes.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
+        The axes drawn into; ``ax.figure`` is its figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from asdflow.features import FeatureConfig
+
+    config = config or FeatureConfig()
+    every = config.row_groups()
+    names = list(every) if rows is None else [name for name in every if name in set(rows)]
+    unknown = sorted(set(rows or ()) - set(every))
+    if unknown or not names:
+        raise ValueError(f"unknown or no row groups {unknown or rows}; use names of {list(every)}")
+    sizes = [every[name].stop - every[name].start for name in names]
+    amap = np.asarray(amap, dtype=np.float64)
+    if amap.ndim != 2 or amap.shape[0] != sum(sizes):
+        raise ValueError(
+            f"expected a map of {sum(sizes)} rows (groups {names}) x frames, got shape "
+            f"{amap.shape}; pass the rows the detector kept (CFlowConfig.rows)"
+        )
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+
+    heights = np.concatenate([np.full(size, max(1.0, min_height / size)) for size in sizes])
+    y_edges = np.concatenate([[0.0], np.cumsum(heights)])
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    t_edges = np.arange(amap.shape[1] + 1) * (config.hop_length / config.sr)
+    mesh = ax.pcolormesh(t_edges, y_edges, amap, cmap="inferno", vmin=vmin, vmax=vmax)
+    if colorbar:
+        ax.figure.colorbar(mesh, ax=ax, label="anomaly map", pad=0.01)
+    for start in starts[1:-1]:
+        ax.axhline(y_edges[start], color="white", linewidth=0.8)
+    ax.set_yticks(
+        [(y_edges[a] + y_edges[b]) / 2 for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    )
+    ax.set_yticklabels(names, fontsize=7)
     ax.set_ylim(y_edges[-1], 0.0)
     ax.set_xlabel("time (s)")
     if title is not None:

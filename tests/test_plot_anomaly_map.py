@@ -1,0 +1,42 @@
+"""Tests of asdflow.plots.plot_anomaly_map."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+
+from asdflow.features import GROUPS, ROW_GROUPS
+from asdflow.plots import plot_anomaly_map
+
+matplotlib.use("Agg")
+
+
+@pytest.mark.parametrize(
+    ("rows", "labels"),
+    [(None, list(GROUPS)), (("zcr", "mel"), ["mel", "zcr"]), (("chroma",), ["chroma"])],
+)
+def test_labels_the_kept_groups_in_image_order(rows, labels):
+    import matplotlib.pyplot as plt
+
+    n_rows = sum(ROW_GROUPS[g].stop - ROW_GROUPS[g].start for g in labels)
+    amap = np.random.default_rng(0).random((n_rows, 30))
+    ax = plot_anomaly_map(amap, rows=rows, title="a map", vmin=0.0, vmax=1.0)
+    assert [t.get_text() for t in ax.get_yticklabels()] == labels
+    assert ax.get_title() == "a map"
+    mesh = ax.collections[0]
+    assert mesh.get_clim() == (0.0, 1.0)
+    # one-row groups are drawn at least min_height (6) mel rows tall, row 0 on top
+    bottom, top = ax.get_ylim()
+    expected = sum(max(ROW_GROUPS[g].stop - ROW_GROUPS[g].start, 6) for g in labels)
+    assert (bottom, top) == (pytest.approx(expected), 0.0)
+    # time axis in seconds: 30 frames of 256 samples at 16 kHz
+    assert ax.get_xlim()[1] == pytest.approx(30 * 256 / 16000)
+    plt.close(ax.figure)
+
+
+def test_refuses_maps_of_other_rows():
+    with pytest.raises(ValueError, match="128 rows"):
+        plot_anomaly_map(np.zeros((158, 10)), rows=("mel",))
+    with pytest.raises(ValueError, match="unknown"):
+        plot_anomaly_map(np.zeros((128, 10)), rows=("mfcc",))
