@@ -90,8 +90,9 @@ def detect_mode() -> Mode:
     """Choose quick or full mode for this machine.
 
     Quick mode when ``ASDFLOW_QUICK=1`` is set or no CUDA GPU is found; full
-    mode otherwise. Quick mode also sets torch to one CPU thread. A full-mode run that then finds no DCASE data and cannot
-    download it should fall back with :func:`quick_fallback`.
+    mode otherwise. Quick mode also sets torch to one CPU thread. A full-mode
+    run that then finds no DCASE data and cannot download it falls back with
+    :func:`quick_fallback`.
 
     Returns
     -------
