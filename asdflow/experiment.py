@@ -1242,12 +1242,15 @@ def trained_detector(
     mode: Mode,
     seed: int = 0,
     config: Config | None = None,
+    variant: str | None = None,
     progress: bool = True,
 ) -> Detector:
     """A detector from the shared cache of the book chapters, trained there on first use.
 
     The run folder is ``cache_dir()/runs/<mode.name>/<model>/<machine>/seed<seed>/``
-    (:func:`asdflow.modes.cache_dir`). When it holds a detector trained with
+    (:func:`asdflow.modes.cache_dir`), or ``.../<model>-<variant>/...`` for a
+    named variant such as an ablation, so that it never replaces the default
+    detector that other chapters share. When it holds a detector trained with
     the same settings on the same training files, that detector is loaded;
     otherwise one is trained with :func:`train_run` and saved there
     (replacing an outdated one). So the first chapter that needs a detector
@@ -1268,6 +1271,9 @@ def trained_detector(
         Seed of the run; it replaces ``config.seed``.
     config : CFlowConfig or AEConfig or None
         Settings (None: :func:`run_config` of the mode).
+    variant : str or None
+        Name of a non-default setting (letters, digits, ``-`` and ``_``);
+        None for the default detector of the mode.
     progress : bool
         Progress bars.
 
@@ -1278,7 +1284,10 @@ def trained_detector(
     from asdflow.modes import cache_dir
 
     _check_model(model)
-    directory = run_dir(cache_dir() / "runs" / mode.name, model, machine, seed)
+    if variant is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", variant):
+        raise AsdflowError(f"variant names a folder: use letters, digits, - and _, got {variant!r}")
+    folder = model if variant is None else f"{model}-{variant}"
+    directory = run_dir(cache_dir() / "runs" / mode.name, folder, machine, seed)
     if config is None:
         config = run_config(model, root, machine, quick=mode.quick, seed=seed)
     else:

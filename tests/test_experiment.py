@@ -324,6 +324,34 @@ def test_trained_detector_trains_once_then_reuses(factory):
     assert experiment.read_run_info(folder).config["epochs"] == 2
 
 
+def test_trained_detector_variants_keep_the_default(factory):
+    mode = Mode("quick", "tests", "cpu")
+    config = AEConfig.quick(**TINY_AE)
+    experiment.trained_detector(
+        factory, MACHINE, model="ae", mode=mode, seed=3, config=config, progress=False
+    )
+    default = experiment.run_dir(experiment_cache() / "runs" / "quick", "ae", MACHINE, 3)
+    before = snapshot(default)
+    variant = experiment.trained_detector(
+        factory,
+        MACHINE,
+        model="ae",
+        mode=mode,
+        seed=3,
+        config=AEConfig.quick(epochs=2),
+        variant="short",
+        progress=False,
+    )
+    assert len(variant.losses_) == 2
+    folder = experiment.run_dir(experiment_cache() / "runs" / "quick", "ae-short", MACHINE, 3)
+    assert experiment.read_run_info(folder).config["epochs"] == 2
+    assert snapshot(default) == before  # the default detector is untouched
+    with pytest.raises(AsdflowError, match="variant"):
+        experiment.trained_detector(
+            factory, MACHINE, model="ae", mode=mode, config=config, variant="../x", progress=False
+        )
+
+
 def experiment_cache() -> Path:
     from asdflow.modes import cache_dir
 
