@@ -59,7 +59,6 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdflow import storage
 from asdflow.errors import AudioError, ModelError
 
 if TYPE_CHECKING:
@@ -434,29 +434,6 @@ def mahalanobis_scores(mean_residuals: np.ndarray, precisions: Sequence[np.ndarr
 
 
 # ---------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _versions() -> dict[str, str]:
-    from asdflow import __version__
-
-    return {"asdflow": str(__version__), "torch": str(torch.__version__)}
-
-
-# ---------------------------------------------------------------------------
 # The detector
 # ---------------------------------------------------------------------------
 
@@ -764,7 +741,7 @@ class AutoencoderDetector:
         state = {
             "kind": _FILE_KIND,
             "format_version": FORMAT_VERSION,
-            "versions": _versions(),
+            "versions": storage.versions(),
             "config": self.config.to_dict(),
             "net": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
             "precision_source": torch.from_numpy(self.precision_source_.copy()),
@@ -775,7 +752,7 @@ class AutoencoderDetector:
             "val_losses": list(self.val_losses_),
         }
         path = Path(path)
-        _atomic_save(state, path)
+        storage.save_state(state, path)
         return path
 
     @classmethod
@@ -794,26 +771,13 @@ class AutoencoderDetector:
             If the file is missing, unreadable, not an autoencoder detector,
             or of another format version.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise ModelError(f"autoencoder detector file {path} does not exist")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # unpickling errors come in many classes
-            raise ModelError(
-                f"{path} is not a readable autoencoder detector file ({type(err).__name__}: "
-                f"{err}); was it written by AutoencoderDetector.save?"
-            ) from err
-        if not isinstance(data, dict) or data.get("kind") != _FILE_KIND:
-            raise ModelError(f"{path} is not an autoencoder detector file (kind {_FILE_KIND!r})")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            written = data.get("versions", {}).get("asdflow", "unknown")
-            raise ModelError(
-                f"{path} has format version {version} (written by asdflow {written}); this "
-                f"asdflow reads format version {FORMAT_VERSION} only: re-train the detector "
-                f"or load it with asdflow {written}"
-            )
+        data = storage.load_state(
+            path,
+            kind=_FILE_KIND,
+            what="an autoencoder detector file",
+            format_version=FORMAT_VERSION,
+            writer="AutoencoderDetector.save",
+        )
         det = cls(AEConfig.from_dict(data["config"]), device=device, progress=progress)
         cfg = det.config
         net = AENet(cfg.input_dim, cfg.hidden, cfg.bottleneck, cfg.n_hidden)

@@ -49,7 +49,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdflow import storage
 from asdflow.errors import ModelError
 
 if TYPE_CHECKING:
@@ -963,46 +963,6 @@ def _build_decoders(
     return nn.ModuleList(decoders)
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _read(path: Path, kind: str, what: str) -> dict[str, Any]:
-    """Load a file written by :func:`_atomic_save` and check its kind and format version."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"{what} {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # unpickling errors come in many classes
-        raise ModelError(
-            f"{path} is not a readable {what} ({type(err).__name__}: {err}); "
-            "was it written by CFlowDetector.save?"
-        ) from err
-    if not isinstance(data, dict) or data.get("kind") != kind:
-        raise ModelError(f"{path} is not a {what} (expected kind {kind!r})")
-    version = data.get("format_version")
-    if version != FORMAT_VERSION:
-        written = data.get("versions", {}).get("asdflow", "unknown")
-        raise ModelError(
-            f"{path} has format version {version} (written by asdflow {written}); this "
-            f"asdflow reads format version {FORMAT_VERSION} only: re-train the detector, "
-            f"or load it with asdflow {written}"
-        )
-    return data
-
-
 def _tensors_to_numpy(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v.numpy() if isinstance(v, Tensor) else v for k, v in data.items()}
 
@@ -1308,7 +1268,13 @@ class CFlowDetector:
         start_epoch = 0
         signature = {"config": _plain(cfg.to_dict()), "data": data_hash, "n_fibers": bank.n_fibers}
         if checkpoint is not None and Path(checkpoint).exists():
-            state = _read(Path(checkpoint), _CHECKPOINT_KIND, "CFlow checkpoint")
+            state = storage.load_state(
+                checkpoint,
+                kind=_CHECKPOINT_KIND,
+                what="a CFlow checkpoint",
+                format_version=FORMAT_VERSION,
+                writer="CFlowDetector.fit",
+            )
             if state["signature"] != signature:
                 raise ModelError(
                     f"checkpoint {checkpoint} was written for other settings or training "
@@ -1370,11 +1336,11 @@ class CFlowDetector:
                 bar.update(1)
             losses.append(float(running) / steps_per_epoch)
             if checkpoint is not None:
-                _atomic_save(
+                storage.save_state(
                     {
                         "kind": _CHECKPOINT_KIND,
                         "format_version": FORMAT_VERSION,
-                        "versions": _versions(),
+                        "versions": storage.versions(),
                         "signature": signature,
                         "epoch": epoch + 1,
                         "losses": losses,
@@ -1555,7 +1521,7 @@ class CFlowDetector:
         state = {
             "kind": _FILE_KIND,
             "format_version": FORMAT_VERSION,
-            "versions": _versions(),
+            "versions": storage.versions(),
             "config": _plain(self.config.to_dict()),
             "encoder_fingerprint": self._encoder_fingerprint,
             "n_rows": self.n_rows_,
@@ -1568,7 +1534,7 @@ class CFlowDetector:
             "threshold": float(self.threshold_),
             "losses": list(self.losses_),
         }
-        _atomic_save(state, Path(path))
+        storage.save_state(state, Path(path))
         return Path(path)
 
     @classmethod
@@ -1600,7 +1566,13 @@ class CFlowDetector:
         """
         from asdflow.features import RowStats
 
-        data = _read(Path(path), _FILE_KIND, "CFlow detector file")
+        data = storage.load_state(
+            path,
+            kind=_FILE_KIND,
+            what="a CFlow detector file",
+            format_version=FORMAT_VERSION,
+            writer="CFlowDetector.save",
+        )
         det = cls(
             CFlowConfig.from_dict(data["config"]), device=device, cache=cache, progress=progress
         )
@@ -1642,9 +1614,3 @@ def fiber_loss(
     fn = loss if loss is not None else logsigmoid_loss
     z = z.float()
     return fn(gaussian_log_likelihood(z, log_det.float()), z.shape[1])
-
-
-def _versions() -> dict[str, str]:
-    import asdflow
-
-    return {"asdflow": str(asdflow.__version__), "torch": str(torch.__version__)}
