@@ -18,15 +18,7 @@ TINY_CFLOW = ["--epochs", "1", "--set", "n_blocks=1", "--set", "fiber_batch=512"
 TINY_AE = ["--epochs", "1", "--set", "batch_size=256"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory):
-    """One feature cache for this file and test_experiment.py; one torch thread (tiny networks)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ASDFLOW_CACHE", str(tmp_path_factory.getbasetemp() / "asdflow-cache"))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import asdflow
 from asdflow import data, evaluation, experiment
@@ -23,15 +22,7 @@ TINY_AE = {"epochs": 1, "batch_size": 256}
 TINY_CFLOW = {"n_blocks": 1, "fiber_batch": 512}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory):
-    """One feature cache for this file and test_cli.py; one torch thread (tiny networks)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ASDFLOW_CACHE", str(tmp_path_factory.getbasetemp() / "asdflow-cache"))
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("shared_cache")
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
