@@ -10,6 +10,14 @@ class AsdflowError(Exception):
     """Base class of every asdflow error."""
 
 
+class ParameterError(AsdflowError, ValueError):
+    """A bad argument: a value out of range, of the wrong type, or a path that cannot be used.
+
+    It is also a :class:`ValueError`, so code that catches ``ValueError`` for
+    bad arguments keeps working.
+    """
+
+
 class LayoutError(AsdflowError):
     """A data folder does not follow the DCASE layout (missing root, machine or split)."""
 
@@ -24,6 +32,10 @@ class DownloadError(AsdflowError):
 
 class ModelError(AsdflowError):
     """A detector cannot be trained, loaded or used (bad file, version, non-finite loss)."""
+
+
+class BusyError(AsdflowError):
+    """Another asdflow process is writing into the same folder (a run, a cache or a data folder)."""
 
 
 class SubmissionError(AsdflowError):
