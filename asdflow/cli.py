@@ -248,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Start with `asdflow demo`."
         ),
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of its one-line message",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -556,14 +561,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of an error on one line; an ``OSError`` names its file and the problem."""
+    if isinstance(err, OSError) and not isinstance(err, AsdflowError):
+        problem = err.strerror or type(err).__name__
+        if isinstance(err, PermissionError):
+            problem += " (check the permissions, or choose a folder you can write to)"
+        files = [f for f in (err.filename, err.filename2) if f is not None]
+        text = f"{' -> '.join(repr(str(f)) for f in files)}: {problem}" if files else str(err)
+    else:
+        text = str(err)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``asdflow`` console script."""
+    """Entry point of the ``asdflow`` console script.
+
+    Every asdflow error (:class:`asdflow.errors.AsdflowError`) and every
+    operating-system error (a file that cannot be read or written) ends the
+    command with one line on stderr that names the file and the problem, and
+    exit status 2; ``--debug`` shows the traceback instead.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except AsdflowError as err:
-        print(f"asdflow {args.command}: error: {err}", file=sys.stderr)
+    except (AsdflowError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"asdflow {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"asdflow {args.command}: interrupted", file=sys.stderr)
