@@ -23,6 +23,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from asdflow.errors import ParameterError
+
 QUICK_ENV = "ASDFLOW_QUICK"
 CACHE_ENV = "ASDFLOW_CACHE"
 DATA_ENV = "ASDFLOW_DATA"
@@ -34,10 +36,31 @@ def cache_dir() -> Path:
     Returns
     -------
     Path
-        An existing folder (created if needed).
+        An existing folder (created if needed). It may be read-only: a
+        read-only feature cache still serves the entries it holds (see
+        :func:`asdflow.features.extract`).
+
+    Raises
+    ------
+    ParameterError
+        When the folder is a file, lies under a file, or cannot be created;
+        the message names ``ASDFLOW_CACHE`` and the path.
     """
-    path = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "asdflow")
-    path.mkdir(parents=True, exist_ok=True)
+    value = os.environ.get(CACHE_ENV)
+    path = Path(value) if value else Path.home() / ".cache" / "asdflow"
+    where = (
+        f"{CACHE_ENV}={path}" if value else f"the cache folder {path} (set {CACHE_ENV} to move it)"
+    )
+    fix = f"set {CACHE_ENV} to a folder you can write to"
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            what = "is a file" if parent == path else f"lies under {parent}, which is a file"
+            raise ParameterError(f"{where} cannot be used: it {what}, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "permission denied" if isinstance(err, PermissionError) else err.strerror or err
+        raise ParameterError(f"{where} cannot be created ({reason}); {fix}") from err
     return path
 
 
@@ -130,6 +153,13 @@ FULL_MACHINES = ("bearing", "fan", "valve")
 def quick_data_root(*, seed: int = 0, progress: bool = False) -> Path:
     """The quick-mode data root: the synthetic factory, generated once into the cache.
 
+    Parameters
+    ----------
+    seed : int
+        Seed of the factory, a non-negative integer.
+    progress : bool
+        Show progress bars while generating.
+
     Returns
     -------
     Path
@@ -137,8 +167,16 @@ def quick_data_root(*, seed: int = 0, progress: bool = False) -> Path:
         built by :func:`asdflow.synth.make_factory` with
         :data:`asdflow.synth.QUICK_FACTORY` sizes. A second call finds the
         complete factory and returns at once.
+
+    Raises
+    ------
+    ParameterError
+        When ``seed`` is not a non-negative integer.
     """
     from asdflow import synth
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParameterError(f"seed={seed!r} is not a seed: use an integer of 0 or more")
 
     root = cache_dir() / f"synth-quick-seed{seed}"
     return synth.make_factory(root, **synth.QUICK_FACTORY, seed=seed, progress=progress)
