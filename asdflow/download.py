@@ -19,18 +19,27 @@ does not rely on that: it finds the folder that holds ``train/`` and ``test/``
 inside the zip and moves its content to ``raw/<machine>/``.
 
 No checksums are published for these zips, so a download is checked by what it
-holds. For each machine a run goes through these steps, and a failure at any of
-them leaves nothing that looks complete:
+holds. A run locks ``<DEST>/<dev_data|eval_data>`` (a second download into the
+same folder fails at once with :class:`~asdflow.errors.BusyError`), then goes
+through these steps for each machine; a failure at any of them leaves nothing
+that looks complete and deletes no file the download did not write:
 
 1. skip the machine when its marker file (``raw/<machine>/.asdflow-<set>.json``,
-   written last) is present and the ``.wav`` counts on disk still match it;
+   written last) is present and every ``.wav`` file it lists is still on disk;
 2. download the zip to ``<DEST>/<dev_data|eval_data>/zips/<zip>.part`` (with a
    progress bar and bounded retries on network errors), then check it: a
-   readable zip, every member's CRC (:meth:`zipfile.ZipFile.testzip`), no member
-   escaping the destination, the expected folder layout and ``.wav`` counts
-   (:data:`EXPECTED_COUNTS`); only then is it renamed to ``<zip>``;
-3. unpack into a temporary folder next to the zip, move the machine's folders
-   into ``raw/<machine>/`` (each folder in one rename), write the marker;
+   readable zip, every member's CRC (:meth:`zipfile.ZipFile.testzip`), no
+   member escaping the destination, no member name given twice, the expected
+   folder layout and ``.wav`` counts (:data:`EXPECTED_COUNTS`); only then is it
+   renamed to ``<zip>``. A zip failing a check is deleted, so the next run
+   downloads it again;
+3. unpack into a temporary folder next to the zip and check the unpacked
+   files; then move them into ``raw/<machine>/`` one by one, replacing only
+   the files of the same name. Other files in the machine folder (notes,
+   extra recordings) stay where they are; when one of them is in the way (a
+   file where the zip has a folder, or the reverse) the run stops before
+   moving anything and names it. The marker, listing the unpacked ``.wav``
+   files, is written last;
 4. delete the zip, unless ``keep_zip=True``: a kept zip is reused (checked
    again, not downloaded) when the machine folder has to be rebuilt.
 
@@ -62,7 +71,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from asdflow.errors import DownloadError
+from asdflow.errors import DownloadError, ParameterError
+from asdflow.files import atomic_write, folder_lock, remove_leftovers, writable_folder
 
 ZENODO_URL = "https://zenodo.org/records"
 """Default base URL; a zip's URL is ``<base>/<record>/files/<zip name>``."""
@@ -128,6 +138,9 @@ TIMEOUT_S = 60.0
 """Seconds without an answer from the server before an attempt counts as failed."""
 
 _CHUNK_BYTES = 1 << 20
+
+_STAGING_SUFFIX = ".asdflow-unpack"
+"""Suffix of the temporary folder a zip is unpacked into; one left by a killed run is removed."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +266,8 @@ def safe_extract(
     ------
     DownloadError
         If the zip is unreadable, a member is unsafe (see :func:`unsafe_member`,
-        or its path resolves outside ``dest``), or ``dest`` lacks the space.
+        or its path resolves outside ``dest``), a member name is given twice,
+        or ``dest`` lacks the space.
     """
     zip_path = Path(zip_path)
     dest = Path(dest)
@@ -261,6 +275,7 @@ def safe_extract(
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
             _refuse_unsafe(zip_path, infos)
+            _refuse_duplicates(zip_path, infos)
             dest.mkdir(parents=True, exist_ok=True)
             root = dest.resolve()
             for info in infos:
@@ -314,14 +329,16 @@ def verify_zip(
     ------
     DownloadError
         Unreadable or truncated zip, a member failing its CRC check, an unsafe
-        member, ``.wav`` files outside ``<prefix>/<split>/``, another machine's
-        folder, or a count that differs from ``expected``.
+        member, a member name given twice, ``.wav`` files outside
+        ``<prefix>/<split>/``, another machine's folder, or a count that
+        differs from ``expected``.
     """
     zip_path = Path(zip_path)
     try:
         with zipfile.ZipFile(zip_path) as archive:
             infos = archive.infolist()
             _refuse_unsafe(zip_path, infos)
+            _refuse_duplicates(zip_path, infos)
             broken = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, EOFError) as err:
         raise DownloadError(
@@ -416,10 +433,11 @@ def fetch(
     import pooch
     import requests
 
+    _check_retries(retries)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     reason = "no attempt made"
-    attempts = max(retries, 0) + 1
+    attempts = retries + 1
     # requests' default User-Agent is rate-limited by Zenodo (pooch issue 502)
     headers = {"User-Agent": f"asdflow (pooch {pooch.__version__})"}
     downloader = pooch.HTTPDownloader(
@@ -466,7 +484,8 @@ def download(
     """Download, check and unpack DCASE 2024 Task 2 zips into the DCASE layout.
 
     Machines already unpacked and checked by an earlier run are skipped
-    without any network access. See the module docstring for the steps.
+    without any network access. Files in a machine folder that the zip does
+    not bring are left in place. See the module docstring for the steps.
 
     Parameters
     ----------
@@ -498,8 +517,14 @@ def download(
     ------
     DownloadError
         Unknown set or machine type (the message lists the valid ones), a
-        network failure (naming the URL), or a zip failing a check. Machines
-        finished before the failure stay finished.
+        network failure (naming the URL), a zip failing a check, or a file in
+        the machine folder that is in the way of the zip's files (nothing is
+        moved then). Machines finished before the failure stay finished.
+    ParameterError
+        When ``dest`` is a file, lies under a file or is not writable, or for
+        negative ``retries`` or ``expected_counts``.
+    BusyError
+        When another process is downloading into the same data folder.
     """
     if isinstance(machines, str):
         machines = [machines]
@@ -507,15 +532,21 @@ def download(
     wanted = list(dict.fromkeys(MACHINES[dataset] if machines is None else machines))
     for machine in wanted:
         _check_machine(dataset, machine)
-    expected = dict(EXPECTED_COUNTS[dataset] if expected_counts is None else expected_counts)
-    return [
-        _install_machine(
-            Path(dest), dataset, machine,
-            base_url=base_url, expected=expected, keep_zip=keep_zip,
-            progress=progress, retries=retries,
-        )
-        for machine in wanted
-    ]  # fmt: skip
+    expected = _check_counts(
+        EXPECTED_COUNTS[dataset] if expected_counts is None else expected_counts
+    )
+    _check_retries(retries)
+    data_folder = writable_folder(Path(dest) / DATA_FOLDERS[dataset], "data folder")
+    with folder_lock(data_folder, "data folder"):
+        _remove_staging_leftovers(data_folder / "zips")
+        return [
+            _install_machine(
+                Path(dest), dataset, machine,
+                base_url=base_url, expected=expected, keep_zip=keep_zip,
+                progress=progress, retries=retries,
+            )
+            for machine in wanted
+        ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
@@ -543,6 +574,39 @@ def _check_machine(dataset: str, machine: str) -> None:
     if others:
         message += f" {machine!r} belongs to set(s) {', '.join(others)}."
     raise DownloadError(f"{message} Valid for {dataset!r}: {', '.join(valid)}.")
+
+
+def _check_retries(retries: int) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ParameterError(f"retries={retries!r} must be a whole number >= 0")
+
+
+def _check_counts(expected: Mapping[str, int | None]) -> dict[str, int | None]:
+    """``expected`` as a dict, refusing counts that are not None or a whole number >= 0."""
+    counts = dict(expected)
+    if not counts:
+        raise ParameterError("expected_counts is empty; give a .wav count per split folder")
+    for split, count in counts.items():
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 0
+        ):
+            raise ParameterError(
+                f"expected_counts[{split!r}]={count!r} must be None or a whole number >= 0"
+            )
+    return counts
+
+
+def _refuse_duplicates(zip_path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse a zip that names one member twice: the later copy would hide the first."""
+    seen: set[str] = set()
+    for info in infos:
+        name = info.filename.replace("\\", "/").rstrip("/")
+        if name in seen:
+            raise DownloadError(
+                f"{zip_path}: member {info.filename!r} appears more than once in the zip; "
+                "the zip is damaged or not the published one."
+            )
+        seen.add(name)
 
 
 def _refuse_unsafe(zip_path: Path, infos: list[zipfile.ZipInfo]) -> None:
@@ -574,50 +638,100 @@ def _marker(folder: Path, dataset: str) -> Path:
     return folder / f".asdflow-{dataset}.json"
 
 
-def _count_wavs(folder: Path) -> int:
+def _wav_names(folder: Path) -> set[str]:
+    """Names of the ``.wav`` files directly in ``folder`` (empty when it is not a folder)."""
     if not folder.is_dir():
-        return 0
+        return set()
     with os.scandir(folder) as entries:
-        return sum(1 for e in entries if e.is_file() and e.name.lower().endswith(".wav"))
+        return {e.name for e in entries if e.is_file() and e.name.lower().endswith(".wav")}
 
 
 def _is_complete(folder: Path, dataset: str, expected: Mapping[str, int | None]) -> bool:
-    """True when the marker exists and the wav counts on disk match it and ``expected``."""
+    """True when the marker exists, its ``.wav`` files are on disk and its counts match ``expected``.
+
+    Other ``.wav`` files in the split folders (the user's own) do not matter.
+    A marker of an older version, without the file list, is trusted when the
+    ``.wav`` counts on disk equal its counts.
+    """
     try:
-        recorded = json.loads(_marker(folder, dataset).read_text())["counts"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    on_disk = {split: _count_wavs(folder / split) for split in expected}
-    if recorded != on_disk:
+        record = json.loads(_marker(folder, dataset).read_text())
+        recorded = {split: int(record["counts"][split]) for split in expected}
+        names = record.get("files")
+        if names is None:
+            on_disk = {split: len(_wav_names(folder / split)) for split in expected}
+            if on_disk != recorded:
+                return False
+        else:
+            for split in expected:
+                listed = set(names[split])
+                if len(listed) != recorded[split] or not listed <= _wav_names(folder / split):
+                    return False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     return all(
-        on_disk[split] > 0 if wanted is None else on_disk[split] == wanted
+        recorded[split] > 0 if wanted is None else recorded[split] == wanted
         for split, wanted in expected.items()
     )
 
 
-def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
+def _remove_staging_leftovers(zips: Path) -> None:
+    """Delete the unpack folders of killed runs (call with the data folder locked)."""
+    if zips.is_dir():
+        for entry in zips.glob(f".*{_STAGING_SUFFIX}"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
 
 
-def _move_into(src: Path, folder: Path, splits: Iterable[str], trash: Path) -> None:
-    """Move the split folders of ``src`` and the files beside them into ``folder``.
+def _refuse_file_in_the_way(folder: Path, splits: Iterable[str], zip_file: str) -> None:
+    """Refuse early when ``raw/``, the machine folder or a split folder is a file."""
+    for path in (folder.parent, folder, *(folder / split for split in splits)):
+        if path.exists() and not path.is_dir():
+            raise DownloadError(
+                f"cannot unpack {zip_file}: {path} is a file where a folder must be; nothing "
+                f"was changed. Move or rename {path} and run again."
+            )
 
-    One rename per entry, so a split folder is either the old one or the new
-    one, never a mix; replaced folders go to ``trash``. Other folders (such as
-    ``__MACOSX``) stay behind.
+
+def _clashes(src: Path, target: Path) -> list[str]:
+    """Why ``src`` (an unpacked file or folder) cannot be moved to ``target`` without deleting another file.
+
+    A clash is an existing folder where ``src`` is a file, an existing file
+    (or broken link) where ``src`` is a folder, or an existing folder that
+    cannot be written to. Existing files where ``src`` has files are no
+    clash: they are replaced.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    if not src.is_dir():
+        return [f"{target} is a folder where the zip has a file"] if target.is_dir() else []
+    if target.is_symlink() and not target.exists():
+        return [f"{target} is a broken link where the zip has a folder"]
+    if not target.exists():
+        return []
+    if not target.is_dir():
+        return [f"{target} is a file where the zip has a folder"]
+    if not os.access(target, os.W_OK | os.X_OK):
+        return [f"{target} is not writable"]
+    return [p for entry in sorted(src.iterdir()) for p in _clashes(entry, target / entry.name)]
+
+
+def _merge(src: Path, target: Path) -> None:
+    """Move ``src`` (an unpacked file or folder) to ``target``, replacing only files of the same name.
+
+    The files of a folder are merged into the existing folder; a folder that
+    does not exist yet is moved in one rename. Call :func:`_clashes` first.
+    """
+    if not src.is_dir() or not target.exists():
+        os.replace(src, target)
+        return
     for entry in sorted(src.iterdir()):
-        if not (entry.is_file() or entry.name in splits):
-            continue
-        target = folder / entry.name
-        if entry.is_dir() and target.exists():
-            trash.mkdir(exist_ok=True)
-            os.replace(target, trash / entry.name)
-        os.replace(entry, target)
+        _merge(entry, target / entry.name)
+
+
+def _unpacked_entries(src: Path, splits: Iterable[str]) -> list[Path]:
+    """What of the unpacked zip goes into the machine folder: the split folders and the files beside them.
+
+    Other folders (such as ``__MACOSX``) stay behind.
+    """
+    return [e for e in sorted(src.iterdir()) if e.is_file() or (e.is_dir() and e.name in splits)]
 
 
 def _by_hand_hint(dataset: str, machine: str, expected: Mapping[str, int | None]) -> str:
@@ -629,6 +743,45 @@ def _by_hand_hint(dataset: str, machine: str, expected: Mapping[str, int | None]
         f"{RECORDS[dataset]} and unzip it inside {raw}/ so that "
         f"{raw}/{machine}/{{{splits}}}/*.wav exist."
     )
+
+
+def _obtain_zip(
+    zip_path: Path,
+    url: str,
+    dataset: str,
+    machine: str,
+    *,
+    expected: Mapping[str, int | None],
+    progress: bool,
+    retries: int,
+) -> ZipContents:
+    """Reuse a kept zip that passes :func:`verify_zip`, or download and check a new one.
+
+    A zip failing a check is deleted (it was written by an earlier run or by
+    this one), so that it is never taken as valid.
+    """
+    if zip_path.is_file():
+        try:
+            contents = verify_zip(zip_path, machine=machine, expected=expected)
+            _say(f"{machine}: reusing {zip_path}", progress)
+            return contents
+        except DownloadError as err:
+            _say(f"{machine}: {err} Downloading it again.", progress)
+            zip_path.unlink()
+    part = zip_path.with_name(zip_path.name + ".part")
+    try:
+        fetch(url, part, progress=progress, retries=retries)
+    except DownloadError as err:
+        raise DownloadError(str(err) + _by_hand_hint(dataset, machine, expected)) from err
+    try:
+        contents = verify_zip(part, machine=machine, expected=expected)
+    except DownloadError as err:
+        part.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{err} (downloaded from {url}; the file was deleted, run again to download it anew)"
+        ) from err
+    os.replace(part, zip_path)
+    return contents
 
 
 def _install_machine(
@@ -643,60 +796,70 @@ def _install_machine(
     retries: int,
 ) -> Path:
     folder = machine_dir(dest, dataset, machine)
+    name = zip_name(dataset, machine)
+    _refuse_file_in_the_way(folder, expected, name)
     if _is_complete(folder, dataset, expected):
         _say(f"{machine}: already unpacked and checked in {folder}, skipped", progress)
         return folder
 
     url = zip_url(dataset, machine, base_url)
     zips = dest / DATA_FOLDERS[dataset] / "zips"
-    zip_path = zips / zip_name(dataset, machine)
-    contents = None
-    if zip_path.is_file():
-        try:
-            contents = verify_zip(zip_path, machine=machine, expected=expected)
-            _say(f"{machine}: reusing {zip_path}", progress)
-        except DownloadError as err:
-            _say(f"{machine}: {err} Downloading it again.", progress)
-            zip_path.unlink()
-    if contents is None:
-        part = zip_path.with_name(zip_path.name + ".part")
-        try:
-            fetch(url, part, progress=progress, retries=retries)
-        except DownloadError as err:
-            raise DownloadError(str(err) + _by_hand_hint(dataset, machine, expected)) from err
-        try:
-            contents = verify_zip(part, machine=machine, expected=expected)
-        except DownloadError as err:
-            part.unlink(missing_ok=True)
-            raise DownloadError(
-                f"{err} (downloaded from {url}; the file was deleted, run again to "
-                "download it anew)"
-            ) from err
-        os.replace(part, zip_path)
+    zip_path = zips / name
+    contents = _obtain_zip(
+        zip_path, url, dataset, machine, expected=expected, progress=progress, retries=retries
+    )
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{machine}-", dir=zips))
+    staging = Path(tempfile.mkdtemp(prefix=f".{machine}-", suffix=_STAGING_SUFFIX, dir=zips))
     try:
         unpacked = staging / "unpacked"
         safe_extract(zip_path, unpacked, progress=progress)
-        _marker(folder, dataset).unlink(missing_ok=True)
-        _move_into(unpacked / contents.prefix, folder, expected, staging / "replaced")
-        counts = {split: _count_wavs(folder / split) for split in expected}
+        source = unpacked / contents.prefix
+        names = {split: sorted(_wav_names(source / split)) for split in expected}
+        counts = {split: len(found) for split, found in names.items()}
         if counts != contents.counts:
+            zip_path.unlink(missing_ok=True)
             raise DownloadError(
-                f"{folder} holds {counts} .wav files after unpacking {zip_path}, expected "
-                f"{contents.counts}; remove {folder} and run again."
+                f"{zip_path} unpacks to {counts} .wav files, but lists {contents.counts}; "
+                f"the zip was deleted and {folder} was not changed. Run again to download it "
+                "anew."
             )
-        _write_json(
-            _marker(folder, dataset),
-            {
-                "dataset": dataset,
-                "machine": machine,
-                "zip": zip_path.name,
-                "url": url,
-                "counts": counts,
-                "unpacked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            },
-        )
+        entries = _unpacked_entries(source, expected)
+        problems = []
+        if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+            problems.append(f"{folder} is not writable")
+        problems += [p for entry in entries for p in _clashes(entry, folder / entry.name)]
+        if problems:
+            raise DownloadError(
+                f"cannot unpack {name} into {folder}: {problems[0]}"
+                + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                + f"; nothing was changed. Move or rename it and run again (the checked zip "
+                f"stays in {zips} for that run)."
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(folder)
+        _marker(folder, dataset).unlink(missing_ok=True)
+        for entry in entries:
+            _merge(entry, folder / entry.name)
+        missing = [
+            f"{split}/{wav}"
+            for split, found in names.items()
+            for wav in sorted(set(found) - _wav_names(folder / split))
+        ]
+        if missing:
+            raise DownloadError(
+                f"{folder / missing[0]} is missing after unpacking {zip_path}; check the "
+                "folder and run again."
+            )
+        record = {
+            "dataset": dataset,
+            "machine": machine,
+            "zip": name,
+            "url": url,
+            "counts": counts,
+            "files": names,
+            "unpacked": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        atomic_write(_marker(folder, dataset), json.dumps(record, indent=2) + "\n")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not keep_zip:

@@ -246,7 +246,12 @@ def test_missing_clip_triggers_a_fresh_download(tmp_path, server):
     dl.download(tmp_path, **kwargs)
     assert len(server.requests) == 2
     assert victim.read_bytes() == wav_bytes()
-    assert sorted(p.name for p in (folder / "test").iterdir()) == clip_names("dev", "test", 3)
+    # the zip's files are back, the user's file is left alone
+    assert sorted(p.name for p in (folder / "test").iterdir()) == [
+        "notes.txt",
+        *clip_names("dev", "test", 3),
+    ]
+    assert (folder / "test" / "notes.txt").read_text() == "not from the zip"
 
 
 def test_keep_zip_is_reused_offline(tmp_path, server):
