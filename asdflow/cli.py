@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from asdflow.errors import AsdflowError
+from asdflow.errors import AsdflowError, ParameterError
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -29,10 +29,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.machine:
         sizes["machines"] = tuple(args.machine)
     start = time.perf_counter()
-    try:
-        root = synth.make_factory(args.dest, seed=args.seed, overwrite=args.overwrite, **sizes)
-    except ValueError as err:  # a size or duration out of range
-        raise AsdflowError(f"{err}; see asdflow synth --help") from err
+    root = synth.make_factory(args.dest, seed=args.seed, overwrite=args.overwrite, **sizes)
     print(data.describe(root))
     print(f"synthetic factory ready in {root} ({time.perf_counter() - start:.1f} s)")
     return 0
@@ -107,6 +104,29 @@ class _HelpFormatter(argparse.HelpFormatter):
                     )
                 )
         return "\n\n".join(blocks)
+
+
+_SMALLEST = {"seed": 0, "seeds": 0, "threads": 1, "jobs": 1, "epochs": 1, "clips": 1}
+"""The smallest value each whole-number option takes (seeds: numpy refuses negative ones)."""
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Check the ranges of the numeric options of every command, before any work starts.
+
+    Raises
+    ------
+    ParameterError
+        Naming the option, the value and the allowed range.
+    """
+    for name, smallest in _SMALLEST.items():
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and value < smallest:
+                option = "--" + name.replace("_", "-")
+                raise ParameterError(f"{option} must be at least {smallest}, got {value}")
+    seconds = getattr(args, "seconds", None)
+    if seconds is not None and not 0 < seconds < float("inf"):
+        raise ParameterError(f"--seconds must be a positive number of seconds, got {seconds}")
 
 
 def _set_threads(args: argparse.Namespace) -> None:
@@ -585,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_arguments(args)
         return int(args.func(args) or 0)
     except (AsdflowError, OSError) as err:
         if args.debug:

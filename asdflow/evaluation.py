@@ -36,7 +36,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from asdflow import files
 from asdflow.errors import AsdflowError, ModelError, SubmissionError
 
 if TYPE_CHECKING:
@@ -365,8 +365,8 @@ def write_ground_truth(
     lines = [",".join(GROUND_TRUTH_HEADER)]
     lines += [f"{t.file_name},{t.label},{t.domain}" for t in truth]
     path = Path(path)
-    _refuse_overwrite([path], overwrite)
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    files.refuse_overwrite([path], overwrite=overwrite, error=SubmissionError)
+    files.atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -780,32 +780,6 @@ def _check_name(name: str, what: str) -> None:
         )
 
 
-def _refuse_overwrite(paths: Sequence[Path], overwrite: bool) -> None:
-    if overwrite:
-        return
-    existing = [str(p) for p in paths if p.exists()]
-    if existing:
-        raise SubmissionError(
-            f"{', '.join(existing)} already exist(s); nothing was written. Choose another "
-            "folder or pass overwrite=True."
-        )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _rows_text(names: Sequence[str], values: Sequence[str]) -> str:
     return "".join(f"{name},{value}\n" for name, value in zip(names, values, strict=True))
 
@@ -873,8 +847,8 @@ def write_scores(
     names = [str(n) for n in names]
     _check_names(path, names)
     text = _rows_text(names, _score_strings(path, names, scores))
-    _refuse_overwrite([path], overwrite)
-    _atomic_write_text(path, text)
+    files.refuse_overwrite([path], overwrite=overwrite, error=SubmissionError)
+    files.atomic_write(path, text)
     return path
 
 
@@ -893,8 +867,8 @@ def write_decisions(
     names = [str(n) for n in names]
     _check_names(path, names)
     text = _rows_text(names, _decision_strings(path, names, decisions))
-    _refuse_overwrite([path], overwrite)
-    _atomic_write_text(path, text)
+    files.refuse_overwrite([path], overwrite=overwrite, error=SubmissionError)
+    files.atomic_write(path, text)
     return path
 
 
@@ -938,9 +912,9 @@ def write_submission(
     _check_names(score_path, names)
     score_text = _rows_text(names, _score_strings(score_path, names, scores))
     decision_text = _rows_text(names, _decision_strings(decision_path, names, decisions))
-    _refuse_overwrite([score_path, decision_path], overwrite)
-    _atomic_write_text(score_path, score_text)
-    _atomic_write_text(decision_path, decision_text)
+    files.refuse_overwrite([score_path, decision_path], overwrite=overwrite, error=SubmissionError)
+    files.atomic_write(score_path, score_text)
+    files.atomic_write(decision_path, decision_text)
     return score_path, decision_path
 
 
@@ -1240,8 +1214,8 @@ class ResultTable:
     def write_csv(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write :meth:`to_csv` to ``path`` atomically; refuses to replace a file by default."""
         path = Path(path)
-        _refuse_overwrite([path], overwrite)
-        _atomic_write_text(path, self.to_csv())
+        files.refuse_overwrite([path], overwrite=overwrite, error=SubmissionError)
+        files.atomic_write(path, self.to_csv())
         return path
 
 

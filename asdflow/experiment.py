@@ -35,6 +35,7 @@ Nothing already written is overwritten unless asked (``overwrite=True``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -42,14 +43,20 @@ import os
 import platform
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asdflow.errors import AsdflowError, LayoutError, ModelError, SubmissionError
+from asdflow import files
+from asdflow.errors import (
+    AsdflowError,
+    LayoutError,
+    ModelError,
+    ParameterError,
+    SubmissionError,
+)
 
 if TYPE_CHECKING:
     from asdflow.baseline import AEConfig, AutoencoderDetector
@@ -126,27 +133,19 @@ def _say(message: str, progress: bool) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(value: Any) -> Any:
     """``value`` as JSON would give it back (tuples become lists)."""
     return json.loads(json.dumps(value))
 
 
+def _is_plain_name(name: str) -> bool:
+    """True for a file name without folder parts, e.g. ``"results"`` or ``"table1-quick"``."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)) and ".." not in name
+
+
 def _check_model(model: str) -> None:
     if model not in MODELS:
-        raise ModelError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+        raise ParameterError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
 
 
 def _check_device(device: str | None) -> None:
@@ -269,7 +268,7 @@ def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
     for item in items or ():
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise AsdflowError(f"--set expects FIELD=VALUE, got {item!r} (e.g. --set n_blocks=2)")
+            raise ParameterError(f"--set expects FIELD=VALUE, got {item!r} (e.g. --set n_blocks=2)")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
@@ -332,7 +331,7 @@ def run_config(
     names = {f.name for f in dataclasses.fields(cls)} - {"features"}
     unknown = sorted(set(changes) - names)
     if unknown:
-        raise ModelError(
+        raise ParameterError(
             f"unknown {cls.__name__} field(s) {', '.join(unknown)}; "
             f"known fields: {', '.join(sorted(names))}"
         )
@@ -342,11 +341,66 @@ def run_config(
         settings["features"] = features.FeatureConfig().with_nominal_length(train)
     if epochs is not None:
         settings["epochs"] = int(epochs)
-    settings.update(changes)
+    settings.update({key: typed_setting(cls, key, value) for key, value in changes.items()})
     try:
         return cls.quick(**settings) if quick else cls(**settings)
     except (TypeError, ValueError) as err:
-        raise ModelError(f"invalid {cls.__name__} settings {changes}: {err}") from err
+        if isinstance(err, ParameterError):
+            raise
+        raise ParameterError(f"invalid {cls.__name__} settings {changes}: {err}") from err
+
+
+def typed_setting(cls: type, name: str, value: Any) -> Any:
+    """``value`` checked against the type of field ``name`` of the configuration class ``cls``.
+
+    The values of ``--set FIELD=VALUE`` arrive as JSON (:func:`parse_settings`):
+    this is where they meet the field's annotation. A whole-number field takes
+    only whole numbers (``2``, not ``2.5``, ``true`` or ``"abc"``), a real-number
+    field any number, a yes/no field ``true``/``false``, a text field any text,
+    a tuple field a JSON list; ``null`` only where the field allows None.
+
+    Raises
+    ------
+    ParameterError
+        Naming the field, the value and what it must be.
+    """
+    annotation = next(f.type for f in dataclasses.fields(cls) if f.name == name)
+    if not isinstance(
+        annotation, str
+    ):  # a class written without `from __future__ import annotations`
+        annotation = getattr(annotation, "__name__", str(annotation))
+    parts = [part.strip() for part in annotation.split("|")]
+    optional = "None" in parts
+    hint = next((part for part in parts if part != "None"), "None")
+    if value is None:
+        if optional:
+            return None
+        what = "a value"
+    elif hint == "bool":
+        if isinstance(value, bool):
+            return value
+        what = "true or false"
+    elif hint == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        what = "a whole number"
+    elif hint == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        what = "a number"
+    elif hint == "str":
+        if isinstance(value, str):
+            return value
+        return json.dumps(value)  # e.g. a backbone name that parsed as a number
+    elif hint.startswith("tuple["):
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        what = 'a JSON list of names, e.g. ["mel","mfcc"]'
+    else:
+        return value
+    raise ParameterError(
+        f"--set {name}: {cls.__name__}.{name} must be {what}, got {json.dumps(value)}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -453,7 +507,7 @@ def read_run_info(directory: str | os.PathLike[str]) -> RunInfo | None:
 
 
 def _write_run_info(directory: Path, info: RunInfo) -> None:
-    _atomic_write_text(directory / RUN_FILE, json.dumps(info.to_dict(), indent=1) + "\n")
+    files.atomic_write(directory / RUN_FILE, json.dumps(info.to_dict(), indent=1) + "\n")
 
 
 def _detector_path(directory: Path) -> tuple[str, Path] | None:
@@ -555,9 +609,14 @@ def train_run(
     device : str or None
         ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (None: CUDA if available).
     overwrite : bool
-        Replace a detector already in ``out`` (its DCASE files for this
-        machine are removed too, as they belong to the old detector), and
-        discard a checkpoint left by an interrupted run with other settings.
+        Replace a detector already in ``out``, and discard a checkpoint left
+        by an interrupted run with other settings. The new detector is
+        trained in the staging folder ``out/.overwrite/`` and replaces the
+        old one (whose DCASE files of this machine are removed then, as they
+        belong to the old detector) only once it is saved: when training
+        fails, the old detector, ``run.json`` and DCASE files are all still
+        there. An interrupted ``overwrite`` call resumes from the staging
+        folder's checkpoint.
     progress : bool
         Progress bars and status lines on stderr.
 
@@ -571,17 +630,43 @@ def train_run(
     ModelError
         When ``out`` already holds a detector, or an unfinished run with other
         settings, and ``overwrite`` is False; or when training fails.
+    BusyError
+        When another process is training or testing in ``out`` (the run
+        folder is locked while this call writes into it).
+    ParameterError
+        When ``out`` is a file, lies under a file or cannot be written to.
     LayoutError
         When the machine type has no training clips under ``root``.
     """
-    out = Path(out)
     _check_device(device)
     if config is None:
         _check_model(model)
         config = run_config(model, root, machine, quick=quick)
     elif _model_of(config) != model:
-        raise ModelError(f"model {model!r} was asked for with a {type(config).__name__}")
-    if has_detector(out) and not overwrite:
+        raise ParameterError(f"model {model!r} was asked for with a {type(config).__name__}")
+    out = files.writable_folder(out, "run folder")
+    with files.folder_lock(out, "run folder"):
+        return _train_locked(root, machine, out, model, config, quick, device, overwrite, progress)
+
+
+_STAGING = ".overwrite"
+"""Sub-folder of a run folder where ``--overwrite`` trains until the new detector is saved."""
+
+
+def _train_locked(
+    root: str | os.PathLike[str],
+    machine: str,
+    out: Path,
+    model: str,
+    config: Config,
+    quick: bool,
+    device: str | None,
+    overwrite: bool,
+    progress: bool,
+) -> Detector:
+    """The body of :func:`train_run`, run while the run folder is locked."""
+    replacing = has_detector(out)
+    if replacing and not overwrite:
         info = read_run_info(out)
         what = f"a {info.method} detector of {info.machine}" if info else "a detector"
         raise ModelError(
@@ -596,9 +681,12 @@ def train_run(
         "config": _jsonable(config.to_dict()),
         "data": fingerprint,
     }
-
-    checkpoint = out / CHECKPOINT_FILE
-    training_file = out / _TRAINING_FILE
+    # The old detector stays untouched until the new one is saved: replacing
+    # training happens in a staging sub-folder, moved into place at the end.
+    work = out / _STAGING if replacing else out
+    work.mkdir(exist_ok=True)
+    checkpoint = work / CHECKPOINT_FILE
+    training_file = work / _TRAINING_FILE
     resumed = False
     if checkpoint.exists():
         try:
@@ -615,13 +703,7 @@ def train_run(
                 f"({checkpoint}); pass --overwrite (overwrite=True) to discard it, or "
                 "choose another --out"
             )
-    if overwrite:
-        stale = [out / RUN_FILE, *(out / name for name in DETECTOR_FILES.values())]
-        stale += list(_submission_paths(out, machine))
-        for path in stale:
-            path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(training_file, json.dumps(plan, indent=1) + "\n")
+    files.atomic_write(training_file, json.dumps(plan, indent=1) + "\n")
 
     _say(
         f"training {METHODS[model]} on {machine} ({len(clips)} clips, seed {config.seed}) "
@@ -635,7 +717,7 @@ def train_run(
     else:
         detector.fit(clips)
     seconds = time.perf_counter() - start
-    detector.save(out / DETECTOR_FILES[model])
+    detector.save(work / DETECTOR_FILES[model])
 
     import torch
 
@@ -656,11 +738,35 @@ def train_run(
         versions=_versions(),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
-    _write_run_info(out, info)
+    _write_run_info(work, info)
+    if replacing:
+        _replace_run(out, work, machine, DETECTOR_FILES[model])
     checkpoint.unlink(missing_ok=True)
     training_file.unlink(missing_ok=True)
     _say(f"saved {out / DETECTOR_FILES[model]} ({seconds:.1f} s of training)", progress)
     return detector
+
+
+def _replace_run(out: Path, work: Path, machine: str, detector_file: str) -> None:
+    """Move a new detector and its ``run.json`` from ``work`` over the old run in ``out``.
+
+    The old DCASE files of ``machine`` belong to the old detector and are
+    removed first, so a folder never pairs the new detector with old scores;
+    a crash between two steps leaves either detector with a run record.
+    """
+    for path in _submission_paths(out, machine):
+        path.unlink(missing_ok=True)
+    for name in DETECTOR_FILES.values():
+        if name != detector_file:
+            (out / name).unlink(missing_ok=True)
+    os.replace(work / detector_file, out / detector_file)
+    os.replace(work / RUN_FILE, out / RUN_FILE)
+    for name in (CHECKPOINT_FILE, _TRAINING_FILE):
+        (out / name).unlink(missing_ok=True)
+        (work / name).unlink(missing_ok=True)
+    files.remove_leftovers(work)
+    with contextlib.suppress(OSError):
+        work.rmdir()
 
 
 def load_detector(
@@ -735,27 +841,39 @@ def score_run(
     SubmissionError
         When the files exist and ``overwrite`` is False (checked before
         scoring; nothing is written).
+    BusyError
+        When another process writes into the run folder.
     """
+    directory = Path(directory)
+    detector = load_detector(directory, device=device, progress=progress)
+    info = read_run_info(directory)
+    trained_on = getattr(detector, "machine_", None) or (info.machine if info else None)
+    if trained_on is not None and trained_on != machine:
+        raise ModelError(
+            f"{directory} holds a detector trained on {trained_on!r}, not {machine!r}; "
+            f"pass --machine {trained_on} or the run folder of {machine}"
+        )
+    paths = _submission_paths(directory, machine)
+    files.refuse_overwrite(paths, overwrite=overwrite, error=SubmissionError)
+    clips = _test_clips(root, machine)
+    with files.folder_lock(directory, "run folder"):
+        return _score_locked(detector, directory, info, clips, machine, overwrite, progress)
+
+
+def _score_locked(
+    detector: Detector,
+    directory: Path,
+    info: RunInfo | None,
+    clips: list[Clip],
+    machine: str,
+    overwrite: bool,
+    progress: bool,
+) -> tuple[Path, Path]:
+    """The body of :func:`score_run`, run while the run folder is locked."""
     import numpy as np
 
     from asdflow.evaluation import write_submission
 
-    directory = Path(directory)
-    detector = load_detector(directory, device=device, progress=progress)
-    info = read_run_info(directory)
-    if info is not None and info.machine != machine:
-        raise ModelError(
-            f"{directory} holds a detector trained on {info.machine!r}, not {machine!r}; "
-            f"pass --machine {info.machine} or the run folder of {machine}"
-        )
-    paths = _submission_paths(directory, machine)
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not overwrite:
-        raise SubmissionError(
-            f"{', '.join(existing)} already exist(s); nothing was written. Pass --overwrite "
-            "(overwrite=True) to replace them"
-        )
-    clips = _test_clips(root, machine)
     _say(f"scoring {len(clips)} test clips of {machine} with {directory}", progress)
     start = time.perf_counter()
     scores = detector.score(clips)
@@ -973,17 +1091,22 @@ class Summary:
         ------
         SubmissionError
             When a file exists and ``overwrite`` is False; nothing is written then.
+        ParameterError
+            When ``name`` is not a plain file name (it would write elsewhere) or
+            ``folder`` cannot be written to.
         """
-        folder = Path(folder)
-        paths = (folder / f"{name}.csv", folder / f"{name}.md")
-        existing = [str(p) for p in paths if p.exists()]
-        if existing and not overwrite:
-            raise SubmissionError(
-                f"{', '.join(existing)} already exist(s); nothing was written. Pass "
-                "--overwrite (overwrite=True) or choose another --out/--name"
+        if not _is_plain_name(name):
+            raise ParameterError(
+                f"--name must be a plain file name (letters, digits, '.', '-', '_'; no folder), "
+                f"got {name!r}; use --out to choose the folder"
             )
-        _atomic_write_text(paths[0], self.table.to_csv())
-        _atomic_write_text(paths[1], self.to_markdown())
+        folder = files.writable_folder(folder, "--out folder")
+        paths = (folder / f"{name}.csv", folder / f"{name}.md")
+        files.refuse_overwrite(
+            paths, overwrite=overwrite, error=SubmissionError, hint="or choose another --out/--name"
+        )
+        files.atomic_write(paths[0], self.table.to_csv())
+        files.atomic_write(paths[1], self.to_markdown())
         return paths
 
 
@@ -1080,7 +1203,7 @@ def _count(n: int, noun: str) -> str:
 def _write_if_changed(path: Path, text: str) -> None:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    _atomic_write_text(path, text)
+    files.atomic_write(path, text)
 
 
 def reproduce(

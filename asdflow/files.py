@@ -185,7 +185,7 @@ def refuse_overwrite(
         what = existing[0] if len(existing) == 1 else ", ".join(existing)
         verb = "exists" if len(existing) == 1 else "exist"
         raise error(
-            f"{what} already {verb}; nothing was changed. Pass --overwrite (overwrite=True) to "
+            f"{what} already {verb}; nothing was written. Pass --overwrite (overwrite=True) to "
             f"replace {'it' if len(existing) == 1 else 'them'}" + (f", {hint}" if hint else "")
         )
 

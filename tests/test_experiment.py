@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 
 import asdflow
-from asdflow import data, evaluation, experiment
+from asdflow import data, evaluation, experiment, files
 from asdflow.baseline import AEConfig
 from asdflow.cflow import CFlowConfig, CFlowDetector
-from asdflow.errors import AsdflowError, LayoutError, ModelError, SubmissionError
+from asdflow.errors import (
+    AsdflowError,
+    LayoutError,
+    ModelError,
+    ParameterError,
+    SubmissionError,
+)
 from asdflow.modes import Mode
 
 MACHINE = "valve"
@@ -74,9 +80,9 @@ def test_run_config_ae_and_unknown_fields(factory):
     assert experiment.run_config("ae", factory, MACHINE, quick=True, seed=1) == AEConfig.quick(
         seed=1
     )
-    with pytest.raises(ModelError, match="unknown AEConfig field.*n_blocks"):
+    with pytest.raises(ParameterError, match="unknown AEConfig field.*n_blocks"):
         experiment.run_config("ae", factory, MACHINE, changes={"n_blocks": 2})
-    with pytest.raises(ModelError, match="unknown model 'pca'"):
+    with pytest.raises(ParameterError, match="unknown model 'pca'"):
         experiment.run_config("pca", factory, MACHINE)
     with pytest.raises(LayoutError, match="pump"):
         experiment.run_config("cflow", factory, "pump")
@@ -97,7 +103,8 @@ def test_train_run_writes_detector_and_record(ae_run, factory):
     assert info.n_test == 40 and info.test_seconds > 0
     assert experiment.has_detector(ae_run) and experiment.is_finished(ae_run, MACHINE)
     assert not (ae_run / experiment.CHECKPOINT_FILE).exists()
-    assert sorted(p.name for p in ae_run.iterdir()) == sorted(
+    visible = [p.name for p in ae_run.iterdir() if p.name != files.LOCK_FILE]
+    assert sorted(visible) == sorted(
         [
             "autoencoder.pt",
             "run.json",
@@ -143,7 +150,7 @@ def test_overwrite_retrains_and_drops_the_old_files(ae_run, factory, tmp_path):
 
 
 def test_model_and_config_must_agree(factory, tmp_path):
-    with pytest.raises(ModelError, match="model 'cflow' was asked for with a AEConfig"):
+    with pytest.raises(ParameterError, match="model 'cflow' was asked for with a AEConfig"):
         experiment.train_run(
             factory, MACHINE, tmp_path, model="cflow", config=AEConfig(), progress=False
         )
