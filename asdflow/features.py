@@ -24,8 +24,8 @@ without changing the numbers (one row, RMS, differs on purpose: see
 :func:`feature_image`).
 
 :func:`extract` turns a list of clips into images, in parallel over
-processes, with an on-disk cache keyed by the configuration and each file's
-identity. :class:`RowStats` standardises the rows (their scales range from
+processes, with an on-disk cache keyed by the configuration and a hash of
+each file's bytes (:func:`file_digest`). :class:`RowStats` standardises the rows (their scales range from
 0-1 to thousands of Hz) with statistics fitted on the training clips.
 """
 
@@ -36,7 +36,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from asdflow.errors import AudioError, ModelError
+from asdflow import files
+from asdflow.data import display_path
+from asdflow.errors import AudioError, ModelError, ParameterError
 
 FEATURES_VERSION = 1
 """Version of the recipe; part of every cache key, so a change of recipe invalidates old entries."""
@@ -68,6 +69,18 @@ _N_CHROMA = 12
 _N_TONNETZ = 6
 _POOL_MIN_CLIPS = 8
 """With ``n_jobs=None``, fewer uncached clips than this are computed in-process (no pool)."""
+
+_LEFTOVER_AGE = 3600.0
+"""Seconds after which a temporary file in the cache counts as left by a killed writer.
+
+Other processes may be writing entries into a shared cache at the same time,
+without a lock; a temporary file younger than this may be theirs.
+"""
+
+
+def _is_int(value: object) -> bool:
+    """True for an int or NumPy integer (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -123,10 +136,17 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         for name in ("sr", "n_fft", "hop_length", "n_mels", "n_bands"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"FeatureConfig.{name} must be a positive integer, got {value!r}")
+            if not _is_int(value) or value <= 0:
+                raise ParameterError(
+                    f"FeatureConfig.{name}={value!r} is not allowed: use a positive integer"
+                )
+        if self.n_samples is not None and not _is_int(self.n_samples):
+            raise ParameterError(
+                f"FeatureConfig.n_samples={self.n_samples!r} is not allowed: use None or an "
+                f"integer number of samples of at least n_fft={self.n_fft}"
+            )
         if self.n_samples is not None and self.n_samples < self.n_fft:
-            raise ValueError(
+            raise ParameterError(
                 f"FeatureConfig.n_samples={self.n_samples} is shorter than one window "
                 f"(n_fft={self.n_fft}); use None or a length of at least {self.n_fft} samples"
             )
@@ -140,9 +160,18 @@ class FeatureConfig:
         """Number of frames (image columns) of a clip of ``n_samples`` samples.
 
         With ``n_samples`` set in the config, that length is used instead.
+
+        Raises
+        ------
+        ParameterError
+            When ``n_samples`` is not an integer of 0 or more.
         """
         if self.n_samples is not None:
             n_samples = self.n_samples
+        if not _is_int(n_samples) or n_samples < 0:
+            raise ParameterError(
+                f"n_samples={n_samples!r} is not a clip length: use an integer of 0 or more"
+            )
         return 1 + int(n_samples) // self.hop_length
 
     def with_nominal_length(self, train_clips: Sequence[Any]) -> FeatureConfig:
@@ -241,7 +270,8 @@ def feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> np.ndar
     AudioError
         If ``y`` is not one-dimensional, holds NaN or infinity, or is shorter
         than one window (``config.n_fft`` samples; checked before the length
-        policy).
+        policy), or if the image would hold NaN or infinity (the message
+        names the row groups).
     """
     import librosa
 
@@ -286,7 +316,16 @@ def feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> np.ndar
     widths = {name: row.shape[-1] for name, row in rows.items()}
     if len(set(widths.values())) != 1:  # a librosa change of framing would land here
         raise AudioError(f"feature groups disagree on the number of frames: {widths}")
-    return np.concatenate([rows[name] for name in GROUPS], axis=0).astype(np.float32)
+    image = np.concatenate([rows[name] for name in GROUPS], axis=0).astype(np.float32)
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = [name for name, rows in config.row_groups().items() if not finite[rows].all()]
+        raise AudioError(
+            f"its feature image holds {np.count_nonzero(~finite)} NaN or infinite value(s) in "
+            f"the {', '.join(bad)} rows; listen to the clip and remove it if it is damaged, "
+            "or report it to the asdflow developers if it sounds normal"
+        )
+    return image
 
 
 def naive_feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> np.ndarray:
@@ -379,7 +418,16 @@ class RowStats:
     _MIN_STD = 1e-6
 
     def __init__(self, *, floor: float = 1e-3) -> None:
-        self.floor = floor
+        if (
+            isinstance(floor, bool)
+            or not isinstance(floor, (int, float, np.integer, np.floating))
+            or not 0.0 <= floor < 1.0
+        ):
+            raise ParameterError(
+                f"RowStats floor={floor!r} is not allowed: use a number from 0 up to (not "
+                "including) 1, a fraction of each row's magnitude"
+            )
+        self.floor = float(floor)
 
     def fit(self, images: np.ndarray | Iterable[np.ndarray]) -> RowStats:
         """Fit the statistics on ``images``, forgetting earlier ones.
@@ -535,18 +583,33 @@ def nominal_length(clips: Sequence[Any], *, sr: int = 16000) -> int:
     -------
     int
         Length in samples (160000 for a 10 s DCASE clip).
+
+    Raises
+    ------
+    AudioError
+        When there is no clip, or a file cannot be opened or has no audio
+        header; the message names the file and why.
+    ParameterError
+        When ``sr`` is not a positive integer.
     """
     import soundfile
 
+    from asdflow.data import check_sample_rate, open_audio
+
+    check_sample_rate(sr)
     if not clips:
         raise AudioError("nominal_length needs at least one clip")
     lengths = Counter()
     for clip in clips:
         path = _path_of(clip)
-        try:
-            info = soundfile.info(str(path))
-        except (RuntimeError, OSError) as err:  # soundfile raises LibsndfileError(RuntimeError)
-            raise AudioError(f"{path}: cannot read the audio header ({err})") from err
+        with open_audio(path) as file:  # names the file and the cause (permission denied...)
+            try:
+                info = soundfile.info(file)
+            except (RuntimeError, OSError) as err:  # LibsndfileError is a RuntimeError
+                reason = getattr(err, "error_string", None) or str(err)
+                raise AudioError(
+                    f"{display_path(path)}: cannot read the audio header ({reason})"
+                ) from err
         lengths[int(np.ceil(info.frames * sr / info.samplerate))] += 1
     return max(lengths, key=lambda n: (lengths[n], n))
 
@@ -564,42 +627,77 @@ def default_cache() -> Path:
     return cache_dir() / "features"
 
 
-def cache_key(path: str | os.PathLike, config: FeatureConfig) -> str:
-    """The cache key of one file under ``config``.
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """A hash of the bytes of a file: 32 hexadecimal digits (BLAKE2b, 128 bits).
 
-    A hash of the recipe version, the librosa version, the configuration and
-    the file's identity (resolved path, size in bytes, modification time in
-    nanoseconds): editing, replacing or touching the file, or changing the
-    configuration, gives a new key.
+    Two files with the same digest have the same content, whatever their
+    names, sizes or modification times: an edit that keeps the size and the
+    modification time (``touch -r``, a copy from an archive) changes it, a
+    ``touch`` or a move does not. Reading and hashing a 10 s, 16 kHz WAV file
+    (320 kB) costs well under 1 % of computing its feature image.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    str
 
     Raises
     ------
     AudioError
-        If the file does not exist.
+        When the file does not exist or cannot be read; the message names it
+        and the cause ("permission denied", ...).
+    """
+    from asdflow.data import open_audio
+
+    digest = hashlib.blake2b(digest_size=16)
+    with open_audio(path) as file:
+        try:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+        except OSError as err:
+            raise AudioError(
+                f"{display_path(path)}: cannot be read ({err.strerror or err})"
+            ) from err
+    return digest.hexdigest()
+
+
+def cache_key(path: str | os.PathLike, config: FeatureConfig) -> str:
+    """The cache key of one file under ``config``.
+
+    A hash of the recipe version, the librosa version, the configuration and
+    the :func:`file_digest` of the file's bytes. Editing or replacing the
+    file, or changing the configuration, gives a new key, even when the
+    edit keeps the file's size and modification time; moving, renaming or
+    touching the file keeps its entries.
+
+    Raises
+    ------
+    AudioError
+        If the file does not exist or cannot be read.
     """
     import librosa
 
-    path = Path(path).resolve()
-    try:
-        stat = path.stat()
-    except OSError as err:
-        raise AudioError(f"{path}: cannot read the file ({err.strerror})") from err
     identity = {
         "version": FEATURES_VERSION,
         "librosa": librosa.__version__,
         "config": asdict(config),
-        "path": str(path),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
+        "content": file_digest(path),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def _read_entry(entry: Path, config: FeatureConfig) -> np.ndarray | None:
-    """The cached image, or None if absent or not a valid image (then it is recomputed)."""
+    """The cached image, or None if absent or not a valid image (then it is recomputed).
+
+    An entry that cannot be read at all (a folder, a file without read
+    permission) counts as absent.
+    """
     try:
         image = np.load(entry, allow_pickle=False)
-    except (OSError, ValueError, EOFError):  # missing, truncated or not a .npy file
+    except (OSError, ValueError, EOFError):  # missing, unreadable, truncated or not .npy
         return None
     expected_t = None if config.n_samples is None else config.n_frames(config.n_samples)
     if (
@@ -615,32 +713,49 @@ def _read_entry(entry: Path, config: FeatureConfig) -> np.ndarray | None:
     return image
 
 
-def _write_entry(entry: Path, image: np.ndarray) -> None:
-    """Write ``image`` to ``entry`` atomically: a temporary file in the same folder, then rename."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{entry.stem}.", suffix=".tmp", dir=entry.parent)
+def _write_entry(entry: Path, image: np.ndarray) -> str | None:
+    """Write ``image`` to ``entry`` with :func:`asdflow.files.atomic_write`.
+
+    Returns
+    -------
+    str or None
+        None when written; otherwise why not (the entry is a folder, the
+        disk is full...): the image is still good, only not cached.
+    """
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, image, allow_pickle=False)
-        os.replace(tmp, entry)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        files.atomic_write(entry, lambda file: np.save(file, image, allow_pickle=False))
+    except ParameterError as err:  # the folder went away or became read-only
+        return str(err)
+    except OSError as err:
+        if entry.is_dir():
+            return f"{display_path(entry)} is a folder"
+        return err.strerror or str(err)
+    return None
 
 
-def _compute(path: Path, config: FeatureConfig, entry: Path | None) -> np.ndarray:
+@dataclass(frozen=True)
+class _Result:
+    """What a worker returns for one clip."""
+
+    image: np.ndarray
+    n_samples: int
+    """Length of the clip as loaded, before the length policy."""
+    write_error: str | None
+    """Why its cache entry could not be written, or None."""
+
+
+def _compute(path: Path, config: FeatureConfig, entry: Path | None) -> _Result:
     """Load one file, compute its image and store it in the cache (worker function)."""
     y = _load(path, config.sr)  # its errors name the file already
     try:
         image = feature_image(y, config)
     except AudioError as err:
-        raise AudioError(f"{path}: {err}") from err
-    if entry is not None:
-        _write_entry(entry, image)
-    return image
+        raise AudioError(f"{display_path(path)}: {err}") from err
+    write_error = None if entry is None else _write_entry(entry, image)
+    return _Result(image, len(y), write_error)
 
 
-def _compute_star(args: tuple[Path, FeatureConfig, Path | None]) -> np.ndarray:
+def _compute_star(args: tuple[Path, FeatureConfig, Path | None]) -> _Result:
     return _compute(*args)
 
 
@@ -671,6 +786,99 @@ def _n_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def check_n_jobs(n_jobs: object) -> None:
+    """Check the ``n_jobs`` of :func:`extract` (``--jobs`` of ``asdflow features``).
+
+    Raises
+    ------
+    ParameterError
+        Unless ``n_jobs`` is None, -1 or an integer of at least 1.
+    """
+    if n_jobs is None or (_is_int(n_jobs) and (n_jobs == -1 or n_jobs >= 1)):
+        return
+    if not _is_int(n_jobs):
+        raise ParameterError(
+            f"n_jobs={n_jobs!r}: --jobs must be an integer, at least 1 (or -1 for every core)"
+        )
+    raise ParameterError(
+        f"n_jobs={n_jobs}: --jobs must be at least 1 (or -1 for every core); "
+        "it is the number of worker processes"
+    )
+
+
+def _open_cache(folder: Path) -> bool:
+    """Prepare the cache folder; True when entries can be written into it.
+
+    A folder that cannot be created or written to is not an error: the
+    entries it holds are still read, the missing images are computed and not
+    stored, and one warning says so. Stale temporary files of writers killed
+    more than an hour ago are removed.
+
+    Raises
+    ------
+    ParameterError
+        When ``folder`` is a file or lies under a file.
+    """
+    shown = display_path(folder)
+    fix = "make it writable, or choose another cache folder (cache=..., or ASDFLOW_CACHE)"
+    try:
+        for parent in (folder, *folder.parents):
+            if parent.exists() and not parent.is_dir():
+                where = "is a file" if parent == folder else f"lies under the file {parent}"
+                raise ParameterError(
+                    f"the feature cache {shown} cannot be used: it {where}, not a folder; "
+                    "pass another folder as cache=... (or set ASDFLOW_CACHE)"
+                )
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "permission denied" if isinstance(err, PermissionError) else err.strerror
+        warnings.warn(
+            f"the feature cache {shown} cannot be created ({reason}): the features are "
+            f"computed but not cached; {fix}",
+            stacklevel=3,
+        )
+        return False
+    if not os.access(folder, os.W_OK | os.X_OK):
+        warnings.warn(
+            f"the feature cache {shown} is not writable (permission denied): the images it "
+            f"holds are used, the others are computed but not cached; {fix}",
+            stacklevel=3,
+        )
+        return False
+    files.remove_leftovers(folder, older_than=_LEFTOVER_AGE)
+    return True
+
+
+def _length_notice(
+    paths: Sequence[Path], results: dict[int, _Result], config: FeatureConfig, n_cached: int
+) -> str | None:
+    """The one message saying how many computed clips the length policy cut or repeated."""
+    if config.n_samples is None:
+        return None
+    cut = [i for i, result in results.items() if result.n_samples > config.n_samples]
+    repeated = [i for i, result in results.items() if result.n_samples < config.n_samples]
+    if not cut and not repeated:
+        return None
+    nominal = f"{config.n_samples / config.sr:g} s ({config.n_samples} samples)"
+    parts = []
+    if cut:
+        verb = "was" if len(cut) == 1 else "were"
+        parts.append(
+            f"{len(cut)} of {len(results)} clips {verb} longer than the nominal {nominal} and "
+            f"{verb} cut to it (e.g. {display_path(paths[min(cut)])})"
+        )
+    if repeated:
+        verb = "was" if len(repeated) == 1 else "were"
+        start = "" if cut else f" of {len(results)} clips"
+        nominal_again = "" if cut else f" than the nominal {nominal}"
+        parts.append(
+            f"{len(repeated)}{start} {verb} shorter{nominal_again} and {verb} repeated to "
+            f"fill it (e.g. {display_path(paths[min(repeated)])})"
+        )
+    cached = f" ({n_cached} clips came from the cache and are not counted)" if n_cached else ""
+    return "; ".join(parts) + cached
 
 
 def extract(
@@ -713,13 +921,29 @@ def extract(
     Raises
     ------
     AudioError
-        If a file is missing, unreadable or too short; the message names it.
+        If a file is missing, unreadable (the message says why, e.g.
+        "permission denied") or too short, or its image would not be finite;
+        the message names it.
+    ParameterError
+        If ``n_jobs`` is 0 or below (other than -1), or the cache folder is a
+        file.
+
+    Warns
+    -----
+    UserWarning
+        Once per call, when the length policy (``config.n_samples``) cut or
+        repeated some of the clips computed, with their counts and an
+        example; once when the cache folder cannot be written to (its entries
+        are still read; the other images are computed, not cached); once when
+        some entries could not be written (e.g. an entry that is a folder).
     """
     from tqdm.auto import tqdm
 
+    check_n_jobs(n_jobs)
     config = config or FeatureConfig()
     paths = [_path_of(clip) for clip in clips]
     folder = None if cache is False else Path(default_cache() if cache in (None, True) else cache)
+    writable = folder is not None and _open_cache(folder)
 
     images: list[np.ndarray | None] = [None] * len(paths)
     entries: list[Path | None] = [None] * len(paths)
@@ -733,11 +957,10 @@ def extract(
         n_jobs = _n_cores() if len(todo) >= _POOL_MIN_CLIPS else 1
     elif n_jobs == -1:
         n_jobs = _n_cores()
-    elif n_jobs < 1:
-        raise ValueError(f"n_jobs must be a positive integer, -1 or None, got {n_jobs}")
     n_jobs = max(1, min(n_jobs, len(todo)))
 
-    tasks = [(paths[i], config, entries[i]) for i in todo]
+    tasks = [(paths[i], config, entries[i] if writable else None) for i in todo]
+    done: dict[int, _Result] = {}
     with tqdm(
         total=len(paths),
         initial=len(paths) - len(todo),
@@ -746,9 +969,9 @@ def extract(
         disable=not progress,
     ) as bar:
         if n_jobs == 1:
-            results: Iterable[np.ndarray] = map(_compute_star, tasks)
-            for i, image in zip(todo, results, strict=True):
-                images[i] = image
+            results: Iterable[_Result] = map(_compute_star, tasks)
+            for i, result in zip(todo, results, strict=True):
+                done[i] = result
                 bar.update()
         else:
             import multiprocessing
@@ -760,9 +983,25 @@ def extract(
             executor = ProcessPoolExecutor(max_workers=n_jobs, initializer=_one_thread_per_worker)
             try:
                 results = executor.map(_compute_star, tasks, chunksize=chunksize)
-                for i, image in zip(todo, results, strict=True):
-                    images[i] = image
+                for i, result in zip(todo, results, strict=True):
+                    done[i] = result
                     bar.update()
             finally:
                 executor.shutdown(wait=True, cancel_futures=True)
+
+    for i, result in done.items():
+        images[i] = result.image
+    notice = _length_notice(paths, done, config, n_cached=len(paths) - len(todo))
+    if notice:
+        warnings.warn(notice, stacklevel=2)
+    failed = [i for i, result in done.items() if result.write_error is not None]
+    if failed:
+        first = min(failed)
+        warnings.warn(
+            f"{len(failed)} of {len(done)} feature images could not be written into the cache "
+            f"{display_path(folder)} ({done[first].write_error}); they were computed but not "
+            "cached and will be computed again next time. Remove what is in the way or choose "
+            "another cache folder.",
+            stacklevel=2,
+        )
     return images  # type: ignore[return-value]

@@ -426,13 +426,17 @@ def test_changed_file_is_recomputed(clips, tmp_path, rng, count_computations) ->
     np.testing.assert_array_equal(before[0], after[0])
 
 
-def test_touched_file_is_recomputed(clips, tmp_path, count_computations) -> None:
+def test_touched_or_moved_file_keeps_its_entry(clips, tmp_path, count_computations) -> None:
+    # the key is the content, not the file's name or modification time
     cache = tmp_path / "cache"
-    extract(clips, cache=cache, n_jobs=1, progress=False)
+    first = extract(clips, cache=cache, n_jobs=1, progress=False)
     stat = clips[0].stat()
     os.utime(clips[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    extract(clips, cache=cache, n_jobs=1, progress=False)
-    assert len(count_computations) == 4
+    moved = clips[1].rename(tmp_path / "elsewhere.wav")
+    again = extract([clips[0], moved, clips[2]], cache=cache, n_jobs=1, progress=False)
+    assert len(count_computations) == 3  # nothing recomputed
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_changed_config_is_recomputed(clips, tmp_path, count_computations) -> None:
@@ -444,7 +448,8 @@ def test_changed_config_is_recomputed(clips, tmp_path, count_computations) -> No
     assert images[0].shape == (94, 63) == (small.n_rows, 63)
     assert len(_entries(cache)) == 6  # both configurations stay cached
     padded = dataclasses.replace(CONFIG, n_samples=20000)
-    assert extract(clips, padded, cache=cache, n_jobs=1, progress=False)[0].shape == (158, 79)
+    with pytest.warns(UserWarning, match=r"3 of 3 clips were shorter .* were repeated"):
+        assert extract(clips, padded, cache=cache, n_jobs=1, progress=False)[0].shape == (158, 79)
     assert len(count_computations) == 9
 
 
@@ -570,7 +575,8 @@ def test_cli_features_pads_to_the_nominal_length(tmp_path, rng, monkeypatch, cap
     }
     for name, seconds in names.items():
         _write(folder / name, _tone_in_noise(rng, seconds))
-    assert main(["features", str(tmp_path / "data"), "--jobs", "1"]) == 0
+    with pytest.warns(UserWarning, match=r"1 of 4 clips was longer .*; 1 was shorter"):
+        assert main(["features", str(tmp_path / "data"), "--jobs", "1"]) == 0
     out = capsys.readouterr().out
     assert "fan: 4 clips, images 158 x 63 (nominal length 1 s)" in out
     entries = _entries(tmp_path / "cache" / "features")
