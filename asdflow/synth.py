@@ -47,16 +47,17 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
-import shutil
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from asdflow.data import ATTRIBUTES_FILE, SAMPLE_RATE
-from asdflow.errors import AsdflowError
+from asdflow.errors import AsdflowError, ParameterError
+from asdflow.files import atomic_write, folder_lock, remove_leftovers, writable_folder
 
 SR = SAMPLE_RATE
 """Sample rate of every generated clip, in Hz."""
@@ -118,7 +119,23 @@ per domain, 10 normal and 10 anomalous test clips, each 2 s long.
 """
 
 MARKER = "asdflow-synth.json"
-"""File written last in a factory folder; it records the parameters of a complete run."""
+"""File in the data root that records, per machine type, the settings, the files written and whether the run finished."""
+
+MARKER_FORMAT = 2
+"""Version of the marker's content; format 1 recorded one set of settings for all machine types."""
+
+MAX_SECONDS = 600.0
+"""Longest clip :func:`generate_clip` makes, in seconds (about 77 MB per signal in float64)."""
+
+NUMERIC_RANGES: dict[str, tuple[float, float]] = {
+    "rpm": (1.0, 60000.0),
+    "vel": (1.0, 60000.0),
+    "load": (0.0, 500.0),
+}
+"""Allowed range of the numeric attributes (fan ``rpm``, bearing ``vel`` and ``load``)."""
+
+SIZE_KEYS = ("n_train_source", "n_train_target", "n_test_per_domain", "seconds", "seed")
+"""The settings of :func:`make_factory` that the marker records per machine type."""
 
 
 # ---------------------------------------------------------------------------
@@ -127,10 +144,17 @@ MARKER = "asdflow-synth.json"
 
 
 def _n_samples(seconds: float) -> int:
-    n = int(round(seconds * SR))
-    if n < 2:
-        raise ValueError(f"seconds={seconds} gives fewer than 2 samples at {SR} Hz")
-    return n
+    """Number of samples of a clip of ``seconds``; ParameterError outside [2 samples, MAX_SECONDS]."""
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and round(seconds * SR) >= 2 and seconds <= MAX_SECONDS):
+        raise ParameterError(
+            f"seconds={seconds} is outside the allowed range [{2 / SR:g}, {MAX_SECONDS:g}] "
+            f"(at least 2 samples at {SR} Hz)"
+        )
+    return int(round(seconds * SR))
 
 
 def _fast_len(n: int) -> int:
@@ -400,7 +424,7 @@ def fan_sound(
         pulse = 1.0 / np.maximum(orders / FAN_BLADES, 1.0)
         amplitudes[1:] += difference / FAN_BLADES * pulse[1:] * rng.uniform(0.5, 1.5, max_order)
     elif anomaly is not None:
-        raise ValueError(f"fan anomaly {anomaly!r} is not one of {ANOMALIES['fan']}")
+        raise ParameterError(f"fan anomaly {anomaly!r} is not one of {ANOMALIES['fan']}")
     phase = shaft_phase(n, f_r, rng, wobble=0.003)
     tones = 0.6 * speed**2 * periodic_from_orders(phase, amplitudes, rng)
 
@@ -536,7 +560,7 @@ def bearing_sound(
             strength = 2.0 * strength * load_zone
         hits = impulses(n, times, strength * rng.uniform(0.8, 1.2, len(times)))
     elif anomaly is not None:
-        raise ValueError(f"bearing anomaly {anomaly!r} is not one of {ANOMALIES['bearing']}")
+        raise ParameterError(f"bearing anomaly {anomaly!r} is not one of {ANOMALIES['bearing']}")
     struck = rough + hits
     ringing = resonate(struck, BEARING_MODES)
     return hum + rolling + floor + ringing + factory_background(n, rng, 0.01)
@@ -638,7 +662,7 @@ def valve_sound(
                 bounce_times.append(c + rng.uniform(0.004, 0.015))
                 bounce_strength.append((0.1 + 0.5 * severity) / (k + 1))
     elif anomaly not in (None, "leak"):
-        raise ValueError(f"valve anomaly {anomaly!r} is not one of {ANOMALIES['valve']}")
+        raise ParameterError(f"valve anomaly {anomaly!r} is not one of {ANOMALIES['valve']}")
 
     open_clicks = impulses(n, opens, rng.uniform(0.9, 1.1, cycles))
     close_clicks = impulses(
@@ -665,6 +689,21 @@ GENERATORS: dict[str, Callable[..., np.ndarray]] = {
 """Signal generator per machine type; each takes its attributes as keyword arguments."""
 
 _NUMERIC = {"fan": ("rpm",), "bearing": ("vel", "load"), "valve": ()}
+
+
+def _draw_attributes(
+    machine: str, domain: str, rng: np.random.Generator, chosen: Mapping[str, str]
+) -> dict[str, str]:
+    """Draw the operating conditions of one clip, the first use of its generator.
+
+    One value per attribute is drawn even when ``chosen`` fixes it, so that a
+    clip's other draws do not depend on what was fixed.
+    """
+    drawn = {}
+    for name, values in CONDITIONS[machine][domain].items():
+        value = values[rng.integers(len(values))]
+        drawn[name] = chosen.get(name, value)
+    return drawn
 
 
 # ---------------------------------------------------------------------------
@@ -714,44 +753,49 @@ def generate_clip(
         The operating conditions, e.g. ``{"rpm": "1500", "mic": "A"}``.
     """
     if machine not in GENERATORS:
-        raise ValueError(f"machine={machine!r} is not one of {', '.join(GENERATORS)}")
+        raise ParameterError(f"machine={machine!r} is not one of {', '.join(GENERATORS)}")
     if domain not in ("source", "target"):
-        raise ValueError(f"domain={domain!r} is not 'source' or 'target'")
+        raise ParameterError(f"domain={domain!r} is not 'source' or 'target'")
+    _n_samples(seconds)
     rng = np.random.default_rng(seed)
     chosen = dict(attributes or {})
     unknown = set(chosen) - set(CONDITIONS[machine][domain])
     if unknown:
-        raise ValueError(
+        raise ParameterError(
             f"{machine} has no attribute(s) {sorted(unknown)}; "
             f"its attributes are {sorted(CONDITIONS[machine][domain])}"
         )
-    drawn = {}
-    for name, values in CONDITIONS[machine][domain].items():
-        value = values[rng.integers(len(values))]
-        drawn[name] = chosen.get(name, value)
+    drawn = _draw_attributes(machine, domain, rng, chosen)
     kind: str | None = None
     if anomaly is True:
         kind = ANOMALIES[machine][rng.integers(len(ANOMALIES[machine]))]
     elif anomaly:
         kind = str(anomaly)
         if kind not in ANOMALIES[machine]:
-            raise ValueError(f"{machine} anomaly {kind!r} is not one of {ANOMALIES[machine]}")
+            raise ParameterError(f"{machine} anomaly {kind!r} is not one of {ANOMALIES[machine]}")
     level = rng.uniform(*SEVERITY_RANGE)
     if severity is not None:
-        if not 0.0 <= severity <= 1.0:
-            raise ValueError(f"severity={severity} is outside [0, 1]")
+        if not SEVERITY_RANGE[0] <= severity <= SEVERITY_RANGE[1]:
+            raise ParameterError(f"severity={severity} is outside the allowed range [0, 1]")
         level = severity
     options: dict[str, object] = dict(drawn)
     for name, value in drawn.items():
         if name in _NUMERIC[machine]:
+            low, high = NUMERIC_RANGES[name]
             try:
-                options[name] = float(value)
+                number = float(value)
             except ValueError:
-                raise ValueError(f"{machine} attribute {name}={value!r} is not a number") from None
+                number = math.nan
+            if not low <= number <= high:  # also refuses nan
+                raise ParameterError(
+                    f"{machine} attribute {name}={value!r} is not a number in the allowed "
+                    f"range [{low:g}, {high:g}]"
+                )
+            options[name] = number
         else:
             known = {v for d in CONDITIONS[machine].values() for v in d[name]}
             if value not in known:
-                raise ValueError(
+                raise ParameterError(
                     f"{machine} attribute {name}={value!r} is not one of {sorted(known)}"
                 )
     y = GENERATORS[machine](seconds, anomaly=kind, severity=level, rng=rng, **options)
@@ -795,28 +839,123 @@ def _clip_seed(
     return [seed, *codes, number]
 
 
-def _write_wav(path: Path, y: np.ndarray) -> None:
-    """Write 16-bit PCM WAV bytes, encoded in memory (no per-file disk sync), atomically."""
+def _wav_bytes(y: np.ndarray) -> bytes:
+    """A 16-bit PCM WAV file at :data:`SR`, encoded in memory."""
     import soundfile as sf
 
     buffer = io.BytesIO()
     sf.write(buffer, y, SR, subtype="PCM_16", format="WAV")
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    return buffer.getvalue()
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def _planned_files(machine: str, settings: Mapping[str, object]) -> list[str]:
+    """The files :func:`make_factory` writes for one machine type, relative to its folder.
+
+    The clip names follow from the settings alone: each clip's attributes are
+    the first draws of its own generator (see :func:`_clip_seed`).
+    """
+    files = []
+    for split, domain, label, number in _plan(
+        int(settings["n_train_source"]),
+        int(settings["n_train_target"]),
+        int(settings["n_test_per_domain"]),
+    ):
+        seed = _clip_seed(int(settings["seed"]), machine, split, domain, label, number)
+        attributes = _draw_attributes(machine, domain, np.random.default_rng(seed), {})
+        files.append(f"{split}/{clip_name(domain, split, label, number, attributes)}")
+    return [*files, ATTRIBUTES_FILE]
 
 
-def _read_marker(path: Path) -> dict | None:
+def _own_file(entry: object) -> bool:
+    """True for a marker entry that names a file :func:`make_factory` writes (nothing else is ever deleted)."""
+    if not isinstance(entry, str):
+        return False
+    parts = PurePosixPath(entry).parts
+    if parts == (ATTRIBUTES_FILE,):
+        return True
+    return len(parts) == 2 and parts[0] in ("train", "test") and parts[1].endswith(".wav")
+
+
+def _recorded_files(machine: str, record: Mapping[str, object]) -> set[str]:
+    """The files a machine's record says :func:`make_factory` wrote.
+
+    Format 1 markers did not list them: they are rebuilt from the recorded
+    settings (empty when those are unusable).
+    """
+    files = record.get("files")
+    if isinstance(files, list):
+        return {f for f in files if _own_file(f)}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return set(_planned_files(machine, record))
+    except (KeyError, TypeError, ValueError):
+        return set()
+
+
+def _read_records(dest: Path) -> dict[str, dict]:
+    """Per machine type, what the marker in ``dest`` records (empty without a readable marker)."""
+    try:
+        content = json.loads((dest / MARKER).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
+    if not isinstance(content, dict):
+        return {}
+    machines = content.get("machines")
+    if content.get("format") == MARKER_FORMAT and isinstance(machines, dict):
+        return {m: dict(r) for m, r in machines.items() if m in GENERATORS and isinstance(r, dict)}
+    if isinstance(machines, list):  # format 1: one set of settings for all machine types
+        record = {k: content.get(k) for k in ("generator_version", *SIZE_KEYS)}
+        record["complete"] = content.get("complete") is True
+        return {m: dict(record) for m in machines if m in GENERATORS}
+    return {}
+
+
+def _write_records(dest: Path, records: Mapping[str, Mapping[str, object]]) -> None:
+    content = {"format": MARKER_FORMAT, "machines": {m: records[m] for m in sorted(records)}}
+    atomic_write(dest / MARKER, json.dumps(content, indent=1) + "\n")
+
+
+def _differences(record: Mapping[str, object], settings: Mapping[str, object]) -> list[str]:
+    """The settings in which ``record`` differs from ``settings``, as ``"name=recorded, not asked"``."""
+    return [
+        f"{key}={record.get(key)!r} instead of {settings[key]!r}"
+        for key in SIZE_KEYS
+        if record.get(key) != settings[key]
+    ]
+
+
+def _finished(
+    machine: str, record: Mapping[str, object], settings: Mapping[str, object], folder: Path
+) -> bool:
+    """True when ``record`` is a finished run of this generator with ``settings`` whose files are all there."""
+    return (
+        record.get("complete") is True
+        and record.get("generator_version") == GENERATOR_VERSION
+        and not _differences(record, settings)
+        and all((folder / f).is_file() for f in _recorded_files(machine, record))
+    )
+
+
+def _in_the_way(folder: Path, files: Iterable[str]) -> str | None:
+    """A path that keeps the clips from being written into ``folder`` without deleting it, or None."""
+    for path in (folder.parent, folder, folder / "train", folder / "test"):
+        if os.path.lexists(path) and not path.is_dir():
+            return f"{path} is a file where a folder must be"
+    for name in files:
+        if (folder / name).is_dir():
+            return f"{folder / name} is a folder where a clip file must be"
+    return None
+
+
+def _remove_own(folder: Path, name: str) -> None:
+    """Delete a file an earlier run wrote and this one does not (an old clip), never anything else."""
+    path = folder / name
+    if (
+        _own_file(name)
+        and path.is_file()
+        and not path.is_symlink()
+        and folder.resolve() in path.resolve().parents
+    ):
+        path.unlink()
 
 
 def make_factory(
@@ -836,12 +975,28 @@ def make_factory(
     Writes ``<dest>/dev_data/raw/<machine>/train/*.wav``,
     ``<dest>/dev_data/raw/<machine>/test/*.wav`` and
     ``<dest>/dev_data/raw/<machine>/attributes_00.csv`` with DCASE names
-    (:func:`clip_name`), then the marker file :data:`MARKER` recording the
-    parameters. Called again with the same parameters on a complete folder,
-    it returns at once; an interrupted run (no marker) is redone. The
-    defaults give the DCASE sizes (990 + 10 training clips, 50 + 50 test
-    clips per domain, 10 s: about 380 MB per machine type); see
+    (:func:`clip_name`). The marker file :data:`MARKER` in ``dest`` records,
+    per machine type, the settings, the files written and whether the run
+    finished. The defaults give the DCASE sizes (990 + 10 training clips,
+    50 + 50 test clips per domain, 10 s: about 380 MB per machine type); see
     :data:`QUICK_FACTORY` for a small set.
+
+    Only the machine types asked for are touched; the folders of the others
+    stay as they are. For each machine type asked for:
+
+    - a finished run with the same settings whose files are all there is
+      skipped (nothing is written);
+    - an interrupted run, missing files or clips of an older generator
+      version are generated again;
+    - a finished run with other settings is regenerated only with
+      ``overwrite=True`` (otherwise nothing is changed and an error names the
+      differing settings); its clips that the new settings do not have are
+      deleted;
+    - a folder this function did not write is written into only with
+      ``overwrite=True``.
+
+    Files this function did not write (notes, the user's own recordings) are
+    never deleted.
 
     Each clip is generated from its own seed, derived from ``seed`` and its
     machine, split, domain, label and number, so a clip does not depend on
@@ -858,12 +1013,13 @@ def make_factory(
     n_test_per_domain : int
         Test clips per machine type, domain and label (normal and anomaly each).
     seconds : float
-        Clip duration.
+        Clip duration, from 2 samples to :data:`MAX_SECONDS`.
     seed : int
         Non-negative seed of the whole factory.
     overwrite : bool
-        Regenerate even when a complete factory with these parameters exists,
-        and replace machine folders that this function did not write.
+        Regenerate even a finished run with the same settings, regenerate a
+        machine type recorded with other settings, and write into machine
+        folders that this function did not write.
     progress : bool
         Show a progress bar.
 
@@ -874,82 +1030,151 @@ def make_factory(
 
     Raises
     ------
+    ParameterError
+        For an unknown machine type, a size or seed that is not a whole
+        number >= 0, a duration out of range, or a ``dest`` that is a file,
+        lies under a file or cannot be written to.
     AsdflowError
-        When a machine folder exists that this function did not write and
-        ``overwrite`` is False.
+        When, without ``overwrite``, a machine folder exists that this
+        function did not write or that holds clips made with other settings,
+        or when a file is in the way of the clips; nothing is changed then.
+    BusyError
+        When another process is writing into ``<dest>/dev_data``.
     """
     from tqdm.auto import tqdm
 
-    dest = Path(dest)
-    machines = tuple(machines)
+    machines = tuple(dict.fromkeys(machines))
     for machine in machines:
         if machine not in GENERATORS:
-            raise ValueError(f"machine {machine!r} is not one of {', '.join(GENERATORS)}")
+            raise ParameterError(f"machine {machine!r} is not one of {', '.join(GENERATORS)}")
     for name, value in (
         ("n_train_source", n_train_source),
         ("n_train_target", n_train_target),
         ("n_test_per_domain", n_test_per_domain),
         ("seed", seed),
     ):
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name}={value} must be a non-negative integer")
+        try:
+            whole = not isinstance(value, bool) and float(value) == int(value) and value >= 0
+        except (TypeError, ValueError, OverflowError):  # None, "3", nan, inf
+            whole = False
+        if not whole:
+            raise ParameterError(f"{name}={value!r} must be a whole number >= 0")
     _n_samples(seconds)
-    params = {
-        "generator_version": GENERATOR_VERSION,
-        "machines": list(machines),
+    settings: dict[str, object] = {
         "n_train_source": int(n_train_source),
         "n_train_target": int(n_train_target),
         "n_test_per_domain": int(n_test_per_domain),
         "seconds": float(seconds),
         "seed": int(seed),
     }
-    marker = dest / MARKER
-    previous = _read_marker(marker)
-    if not overwrite and previous == {**params, "complete": True}:
-        return dest
-
+    dest = writable_folder(dest, "synth destination")
     raw = dest / "dev_data" / "raw"
-    owned = set(previous.get("machines", [])) if isinstance(previous, dict) else set()
-    foreign = [m for m in machines if (raw / m).exists() and m not in owned]
-    if foreign and not overwrite:
-        raise AsdflowError(
-            f"{raw} already holds {', '.join(foreign)} data not written by asdflow.synth "
-            f"(no matching {MARKER}); choose another folder or pass overwrite=True."
-        )
-    raw.mkdir(parents=True, exist_ok=True)
-    _write_text(marker, json.dumps({**params, "complete": False}, indent=1) + "\n")
-    for machine in sorted(owned | set(machines)):
-        if (raw / machine).exists():
-            shutil.rmtree(raw / machine)
-
-    jobs = _plan(n_train_source, n_train_target, n_test_per_domain)
-    bar = tqdm(total=len(jobs) * len(machines), desc="synth", unit="clip", disable=not progress)
-    with bar:
+    with folder_lock(dest / "dev_data", "data folder"):
+        remove_leftovers(dest)
+        records = _read_records(dest)
+        todo: list[str] = []
+        refused: list[str] = []
         for machine in machines:
-            rows = []
-            for split in ("train", "test"):
-                (raw / machine / split).mkdir(parents=True, exist_ok=True)
-            for split, domain, label, number in jobs:
-                rng = np.random.default_rng(_clip_seed(seed, machine, split, domain, label, number))
-                y, attributes = generate_clip(
-                    machine,
-                    domain=domain,
-                    anomaly=label == "anomaly",
-                    seconds=seconds,
-                    seed=rng,
-                )
-                name = clip_name(domain, split, label, number, attributes)
-                _write_wav(raw / machine / split / name, y)
-                row = [f"{machine}/{split}/{name}"]
-                for key, value in attributes.items():
-                    row += [key, value]
-                rows.append(row)
-                bar.update()
-            width = max(len(row) for row in rows) if rows else 1
-            header = ["file_name"]
-            for i in range(1, (width - 1) // 2 + 1):
-                header += [f"d{i}p", f"d{i}v"]
-            lines = [",".join(header)] + [",".join(row) for row in sorted(rows)]
-            _write_text(raw / machine / ATTRIBUTES_FILE, "\n".join(lines) + "\n")
-    _write_text(marker, json.dumps({**params, "complete": True}, indent=1) + "\n")
+            folder = raw / machine
+            record = records.get(machine)
+            if record is None:
+                if os.path.lexists(folder) and not overwrite:
+                    refused.append(
+                        f"{folder} already holds files not written by asdflow.synth (no "
+                        f"record in {dest / MARKER}); choose another folder, or pass "
+                        "--overwrite (overwrite=True) to write the clips into it (its other "
+                        "files are kept)"
+                    )
+                    continue
+            elif not overwrite and _finished(machine, record, settings, folder):
+                continue
+            elif not overwrite and record.get("complete") is True:
+                differences = _differences(record, settings)
+                if differences:
+                    refused.append(
+                        f"{folder} holds {machine} clips made with other settings "
+                        f"({', '.join(differences)}); pass --overwrite (overwrite=True) to "
+                        f"regenerate {machine}, or choose another folder"
+                    )
+                    continue
+            todo.append(machine)
+        plans = {m: _planned_files(m, settings) for m in todo}
+        for machine in todo:
+            problem = _in_the_way(raw / machine, plans[machine])
+            if problem:
+                refused.append(f"{problem}; move or rename it and run again")
+        if refused:
+            raise AsdflowError(
+                f"{refused[0]}"
+                + (f" (and {len(refused) - 1} more problem(s))" if len(refused) > 1 else "")
+                + "; nothing was changed"
+            )
+        n_clips = sum(len(plan) - 1 for plan in plans.values())
+        with tqdm(total=n_clips, desc="synth", unit="clip", disable=not progress) as bar:
+            for machine in todo:
+                _write_machine(dest, machine, settings, plans[machine], records, bar)
     return dest
+
+
+def _write_machine(
+    dest: Path,
+    machine: str,
+    settings: Mapping[str, object],
+    files: list[str],
+    records: dict[str, dict],
+    bar: object,
+) -> None:
+    """Generate one machine type's clips and attribute table, keeping the marker right at every step.
+
+    Before the first clip, the record lists the files of the earlier run and
+    of this one, marked unfinished; after the last, the earlier run's files
+    this one did not replace are deleted and the record lists this run's
+    files, marked finished.
+    """
+    folder = dest / "dev_data" / "raw" / machine
+    previous = records.get(machine)
+    old = _recorded_files(machine, previous) if previous is not None else set()
+    record = {"generator_version": GENERATOR_VERSION, **settings}
+    records[machine] = {**record, "complete": False, "files": sorted(old | set(files))}
+    _write_records(dest, records)
+    for split in ("train", "test"):
+        (folder / split).mkdir(parents=True, exist_ok=True)
+        remove_leftovers(folder / split)
+    remove_leftovers(folder)
+
+    rows = []
+    seed = int(settings["seed"])
+    jobs = _plan(
+        int(settings["n_train_source"]),
+        int(settings["n_train_target"]),
+        int(settings["n_test_per_domain"]),
+    )
+    for (split, domain, label, number), planned in zip(jobs, files, strict=False):
+        rng = np.random.default_rng(_clip_seed(seed, machine, split, domain, label, number))
+        y, attributes = generate_clip(
+            machine,
+            domain=domain,
+            anomaly=label == "anomaly",
+            seconds=float(settings["seconds"]),
+            seed=rng,
+        )
+        name = clip_name(domain, split, label, number, attributes)
+        if f"{split}/{name}" != planned:  # _planned_files must follow generate_clip's draws
+            raise AsdflowError(f"internal error: clip {name} was planned as {planned}")
+        atomic_write(folder / split / name, _wav_bytes(y))
+        row = [f"{machine}/{split}/{name}"]
+        for key, value in attributes.items():
+            row += [key, value]
+        rows.append(row)
+        bar.update()
+    width = max(len(row) for row in rows) if rows else 1
+    header = ["file_name"]
+    for i in range(1, (width - 1) // 2 + 1):
+        header += [f"d{i}p", f"d{i}v"]
+    lines = [",".join(header)] + [",".join(row) for row in sorted(rows)]
+    atomic_write(folder / ATTRIBUTES_FILE, "\n".join(lines) + "\n")
+
+    for name in sorted(old - set(files)):
+        _remove_own(folder, name)
+    records[machine] = {**record, "complete": True, "files": sorted(files)}
+    _write_records(dest, records)

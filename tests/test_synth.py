@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from asdflow import cli, data, synth
-from asdflow.errors import AsdflowError
+from asdflow.errors import AsdflowError, ParameterError
 
 SR = synth.SR
 TINY = {"n_train_source": 3, "n_train_target": 1, "n_test_per_domain": 1, "seconds": 0.25}
@@ -118,7 +118,7 @@ def test_generate_clip_keeps_fixed_attributes() -> None:
 )
 def test_generate_clip_rejects_bad_options(options: dict) -> None:
     machine = options.pop("machine")
-    with pytest.raises(ValueError):
+    with pytest.raises(ParameterError):
         synth.generate_clip(machine, seconds=0.1, seed=0, **options)
 
 
@@ -263,9 +263,13 @@ def test_factory_layout_and_attribute_table(tmp_path: Path) -> None:
     for row in rows[1:]:
         name, p1, v1, p2, v2 = row.split(",")
         assert name.endswith(f"_{p1}_{v1}_{p2}_{v2}.wav")
-    assert not list(root.rglob("*.part"))
+    assert not list(root.rglob("*.part")) and not list(root.rglob("*.asdflow-tmp"))
     marker = json.loads((root / synth.MARKER).read_text())
-    assert marker["complete"] is True and marker["machines"] == ["fan"]
+    assert marker["format"] == synth.MARKER_FORMAT and list(marker["machines"]) == ["fan"]
+    record = marker["machines"]["fan"]
+    assert record["complete"] is True and record["n_train_source"] == TINY["n_train_source"]
+    listed = {f for f in record["files"] if f.endswith(".wav")}
+    assert listed == {p.relative_to(folder).as_posix() for p in folder.rglob("*.wav")}
 
 
 def test_factory_second_call_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -282,12 +286,22 @@ def test_factory_second_call_is_skipped(tmp_path: Path, monkeypatch: pytest.Monk
         synth.make_factory(tmp_path, machines=("valve",), progress=False, overwrite=True, **TINY)
 
 
-def test_factory_other_parameters_replace_old_folders(tmp_path: Path) -> None:
+def test_factory_other_parameters_need_overwrite_and_keep_other_machines(tmp_path: Path) -> None:
     synth.make_factory(tmp_path, machines=("fan", "valve"), progress=False, **TINY)
+    valve = digest(tmp_path / "dev_data" / "raw" / "valve")
     bigger = {**TINY, "n_test_per_domain": 2}
-    synth.make_factory(tmp_path, machines=("bearing", "fan"), progress=False, **bigger)
-    assert data.machines(tmp_path) == ["bearing", "fan"]
+    with pytest.raises(AsdflowError, match=r"n_test_per_domain=1 instead of 2.*overwrite"):
+        synth.make_factory(tmp_path, machines=("bearing", "fan"), progress=False, **bigger)
+    assert data.machines(tmp_path) == ["fan", "valve"]  # nothing was changed, not even bearing
+    synth.make_factory(tmp_path, machines=("bearing", "fan"), progress=False, overwrite=True,
+                       **bigger)  # fmt: skip
+    assert data.machines(tmp_path) == ["bearing", "fan", "valve"]
     assert len(data.scan(tmp_path, machines="fan", split="test")) == 8
+    assert digest(tmp_path / "dev_data" / "raw" / "valve") == valve
+    records = json.loads((tmp_path / synth.MARKER).read_text())["machines"]
+    assert {m: r["n_test_per_domain"] for m, r in records.items()} == {
+        "bearing": 2, "fan": 2, "valve": 1,
+    }  # fmt: skip
 
 
 def test_interrupted_factory_is_redone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -303,10 +317,12 @@ def test_interrupted_factory_is_redone(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(synth, "generate_clip", interrupted)
     with pytest.raises(KeyboardInterrupt):
         synth.make_factory(tmp_path, machines=("fan",), progress=False, **TINY)
-    assert json.loads((tmp_path / synth.MARKER).read_text())["complete"] is False
+    record = json.loads((tmp_path / synth.MARKER).read_text())["machines"]["fan"]
+    assert record["complete"] is False
     monkeypatch.setattr(synth, "generate_clip", real)
     synth.make_factory(tmp_path, machines=("fan",), progress=False, **TINY)
-    assert json.loads((tmp_path / synth.MARKER).read_text())["complete"] is True
+    record = json.loads((tmp_path / synth.MARKER).read_text())["machines"]["fan"]
+    assert record["complete"] is True
     assert len(data.scan(tmp_path)) == 3 + 1 + 4
 
 
@@ -318,7 +334,8 @@ def test_factory_refuses_foreign_folders(tmp_path: Path) -> None:
         synth.make_factory(tmp_path, machines=("fan",), progress=False, **TINY)
     assert (foreign / "keep.txt").exists()
     synth.make_factory(tmp_path, machines=("fan",), progress=False, overwrite=True, **TINY)
-    assert not (foreign / "keep.txt").exists()
+    assert (foreign / "keep.txt").read_text() == "someone else's data"  # written into, not deleted
+    assert len(list((tmp_path / "dev_data" / "raw" / "fan").rglob("*.wav"))) == 3 + 1 + 4
 
 
 def test_quick_factory_sizes() -> None:
@@ -344,5 +361,9 @@ def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_cli_synth_rejects_bad_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["synth", str(tmp_path), "--quick", "--seconds", "0"]) == 2
-    assert "seconds=0.0" in capsys.readouterr().err
+    assert "seconds" in capsys.readouterr().err
+    # positive but shorter than 2 samples: refused by synth, naming the value and the range
+    assert cli.main(["synth", str(tmp_path), "--quick", "--seconds", "0.00005"]) == 2
+    err = capsys.readouterr().err
+    assert "seconds=5e-05" in err and "[0.000125, 600]" in err and len(err.splitlines()) == 1
     assert not (tmp_path / synth.MARKER).exists()
