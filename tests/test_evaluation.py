@@ -42,6 +42,16 @@ from asdflow.evaluation import (
     write_scores,
     write_submission,
 )
+from asdflow.tolerance import tolerance
+
+
+def close(expected: float, *, size: float = 1.0, terms: int = 1):
+    """``pytest.approx`` with the float64 tolerance of :func:`asdflow.tolerance.tolerance`.
+
+    The metrics are float64 sums and ratios of numbers of size ``size`` (AUCs
+    and scores in [0, 1]); ``terms`` is how many of them a result adds up.
+    """
+    return pytest.approx(expected, rel=0, abs=tolerance("float64", size, terms=terms))
 
 
 @pytest.fixture
@@ -71,10 +81,10 @@ def test_perfect_reversed_and_tied_detectors():
     assert auc(y, -perfect) == 0.0
     # Reversed: no true positive below FPR 0.1, raw partial area 0. McClish
     # standardisation 0.5 * (1 + (0 - 0.005) / (0.1 - 0.005)) = 9/19.
-    assert pauc(y, -perfect) == pytest.approx(9 / 19)
+    assert pauc(y, -perfect) == close(9 / 19, terms=y.size)
     tied = np.full(6, 3.0)
     assert auc(y, tied) == 0.5
-    assert pauc(y, tied) == pytest.approx(0.5)
+    assert pauc(y, tied) == close(0.5, terms=y.size)
 
 
 def test_small_auc_by_hand():
@@ -118,8 +128,8 @@ def test_anomalies_of_both_domains_enter_each_domain_auc():
     scores[target_anomaly] = -1.0  # below every normal clip
     result = evaluate(truth, scores, machine="fan")
     # 10 anomalies x 5 source normals; the spoiled one loses its 5 pairs.
-    assert result.auc_source == pytest.approx(1 - 5 / 50)
-    assert result.auc_target == pytest.approx(1 - 5 / 50)
+    assert result.auc_source == close(1 - 5 / 50, terms=50)  # 50 pairs
+    assert result.auc_target == close(1 - 5 / 50, terms=50)
 
 
 def test_pauc_matches_scikit_learn(rng):
@@ -141,7 +151,7 @@ def test_precision_recall_f1_by_hand():
     assert precision_recall_f1([0, 0, 1, 1], [1, 0, 1, 0]) == (0.5, 0.5, 0.5)
     # tp = 2, fp = 1, fn = 0: P = 2/3, R = 1, F1 = 0.8.
     p, r, f = precision_recall_f1([0, 0, 1, 1], [1, 0, 1, 1])
-    assert (p, r, f) == (pytest.approx(2 / 3), 1.0, pytest.approx(0.8))
+    assert (p, r, f) == (close(2 / 3, terms=3), 1.0, close(0.8, terms=3))
     # Flagging nothing gives zeros, not NaN.
     assert precision_recall_f1([0, 1, 1], [0, 0, 0]) == (0.0, 0.0, 0.0)
 
@@ -170,7 +180,9 @@ def test_official_score_is_floored_harmonic_mean():
         MachineResult("valve", 0.9, 0.4, 0.65),
     ]
     values = [0.7, 0.6, 0.55, 0.9, 0.4, 0.65]
-    assert official_score(results) == pytest.approx(scipy.stats.hmean(values), rel=1e-12)
+    assert official_score(results) == close(
+        scipy.stats.hmean(values), size=1 / min(values), terms=len(values)
+    )
     with_zero = [*results, MachineResult("bearing", 0.0, 0.5, 0.5)]
     score = official_score(with_zero)
     assert 0 < score < 10 * EPS
@@ -432,21 +444,27 @@ def test_result_table_cells_and_summaries():
     assert table.methods == ("Baseline (report)", "CFlow (report)", "CFlow", "AE")
     fan = [r.auc_source for r in runs if r.method == "CFlow" and r.machine == "fan"]
     cell = table.cell("fan", "AUC (source)", "CFlow")
-    assert cell.mean == pytest.approx(np.mean(fan))
-    assert cell.sd == pytest.approx(np.std(fan, ddof=1))
+    assert cell.mean == close(np.mean(fan), terms=len(fan))
+    assert cell.sd == close(np.std(fan, ddof=1), terms=2 * len(fan))
     assert cell.n == 3
     per_seed = [
         official_score([r for r in runs if r.method == "AE" and r.seed == s]) for s in range(3)
     ]
-    assert table.cell("official score", "", "AE").mean == pytest.approx(np.mean(per_seed))
+    # harmonic means of values down to `lowest`: sums of reciprocals up to 1 / lowest
+    lowest = min(min(r.auc_source, r.auc_target, r.pauc) for r in runs if r.method == "AE")
+    assert table.cell("official score", "", "AE").mean == close(
+        np.mean(per_seed), size=1 / lowest, terms=len(runs)
+    )
     hmeans = [
         scipy.stats.hmean([r.pauc for r in runs if r.method == "AE" and r.seed == s])
         for s in range(3)
     ]
-    assert table.cell("harmonic mean", "pAUC", "AE").mean == pytest.approx(np.mean(hmeans))
+    assert table.cell("harmonic mean", "pAUC", "AE").mean == close(
+        np.mean(hmeans), size=1 / lowest, terms=len(runs)
+    )
     # The report's columns: shown machines only, no pAUC, means over fan and valve.
     assert table.cell("fan", "pAUC", "CFlow (report)") is None
-    assert table.cell("arithmetic mean", "AUC (source)", "Baseline (report)").mean == pytest.approx(
+    assert table.cell("arithmetic mean", "AUC (source)", "Baseline (report)").mean == close(
         (0.6771 + 0.5107) / 2
     )
     assert table.cell("official score", "", "Baseline (report)") is None
@@ -475,6 +493,6 @@ def test_result_table_rejects_duplicate_runs():
 def test_single_run_has_no_sd():
     table = result_table([MachineResult("fan", 0.6, 0.7, 0.55, method="AE")])
     assert table.cell("fan", "AUC (target)", "AE") == Cell(0.7, None, 1)
-    assert table.cell("official score", "", "AE").mean == pytest.approx(
-        scipy.stats.hmean([0.6, 0.7, 0.55])
+    assert table.cell("official score", "", "AE").mean == close(
+        scipy.stats.hmean([0.6, 0.7, 0.55]), size=1 / 0.55, terms=3
     )

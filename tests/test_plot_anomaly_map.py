@@ -8,6 +8,7 @@ import pytest
 
 from asdflow.features import GROUPS, ROW_GROUPS
 from asdflow.plots import plot_anomaly_map
+from asdflow.tolerance import tolerance
 
 matplotlib.use("Agg")
 
@@ -29,9 +30,16 @@ def test_labels_the_kept_groups_in_image_order(rows, labels):
     # one-row groups are drawn at least min_height (6) mel rows tall, row 0 on top
     bottom, top = ax.get_ylim()
     expected = sum(max(ROW_GROUPS[g].stop - ROW_GROUPS[g].start, 6) for g in labels)
-    assert (bottom, top) == (pytest.approx(expected), 0.0)
+    # float64 row edges: a sum of one height per row
+    assert (bottom, top) == (
+        pytest.approx(expected, rel=0, abs=tolerance("float64", expected, terms=n_rows)),
+        0.0,
+    )
     # time axis in seconds: 30 frames of 256 samples at 16 kHz
-    assert ax.get_xlim()[1] == pytest.approx(30 * 256 / 16000)
+    seconds = 30 * 256 / 16000
+    assert ax.get_xlim()[1] == pytest.approx(
+        seconds, rel=0, abs=tolerance("float64", seconds, terms=30)
+    )
     plt.close(ax.figure)
 
 
