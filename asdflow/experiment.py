@@ -712,10 +712,18 @@ def _train_locked(
     )
     detector = _new_detector(model, config, device, progress)
     start = time.perf_counter()
-    if model == "cflow":
-        detector.fit(clips, checkpoint=checkpoint)  # type: ignore[call-arg]
-    else:
-        detector.fit(clips)
+    try:
+        if model == "cflow":
+            detector.fit(clips, checkpoint=checkpoint)  # type: ignore[call-arg]
+        else:
+            detector.fit(clips)
+    except BaseException:
+        if not checkpoint.exists():  # nothing to resume from: leave no trace
+            training_file.unlink(missing_ok=True)
+            if work != out:
+                with contextlib.suppress(OSError):
+                    work.rmdir()
+        raise
     seconds = time.perf_counter() - start
     detector.save(work / DETECTOR_FILES[model])
 

@@ -45,11 +45,12 @@ def eps(dtype: object) -> float:
     float
         The distance from 1.0 to the next larger number of that type.
     """
-    dtype = getattr(dtype, "dtype", dtype)
+    if not isinstance(dtype, type):  # an array or tensor: its dtype (np.float32 is a type)
+        dtype = getattr(dtype, "dtype", dtype)
     name = str(dtype).removeprefix("torch.")
     if name in _HALF_TYPES:
         return _HALF_TYPES[name]
-    return float(np.finfo(np.dtype(name)).eps)
+    return float(np.finfo(dtype if isinstance(dtype, type) else np.dtype(name)).eps)
 
 
 def tolerance(dtype: object, magnitude: float = 1.0, *, terms: int = 1) -> float:
