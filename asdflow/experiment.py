@@ -199,10 +199,11 @@ def hardware(device: str | None = None) -> str:
 
 
 def data_fingerprint(clips: Sequence[Clip]) -> str:
-    """A hash of the training files (name, size in bytes, modification time).
+    """A hash of the training files: each file's name and a hash of its bytes.
 
-    Regenerating, replacing or touching a file changes the fingerprint, so a
-    cached detector is not reused on other data.
+    Regenerating or replacing a file changes the fingerprint, even when its
+    size and modification time stay the same, so a cached detector is not
+    reused on other data; touching or moving the data folder does not.
 
     Parameters
     ----------
@@ -213,10 +214,11 @@ def data_fingerprint(clips: Sequence[Clip]) -> str:
     str
         32 hexadecimal digits.
     """
+    from asdflow.features import file_digest
+
     digest = hashlib.blake2b(digest_size=16)
     for clip in sorted(clips, key=lambda c: c.path.name):
-        stat = clip.path.stat()
-        digest.update(f"{clip.path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{clip.path.name}\0{file_digest(clip.path)}\n".encode())
     return digest.hexdigest()
 
 

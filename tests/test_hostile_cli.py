@@ -7,6 +7,7 @@ file that existed before is still there, unchanged.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -215,3 +216,26 @@ def test_concurrent_writers_of_one_run_folder(ae_run, factory, tmp_path, capsys)
         code, _, err = run(capsys, "test", ae_run, factory, "--machine", MACHINE, "--overwrite")
         assert "another asdflow process" in one_line_error(code, err, "test")
     assert snapshot(ae_run) == before
+
+
+def test_fingerprint_sees_an_edit_that_keeps_size_and_time(tmp_path):
+    from types import SimpleNamespace
+
+    import numpy as np
+    import soundfile as sf
+
+    paths = [tmp_path / f"clip_{i}.wav" for i in range(2)]
+    for i, path in enumerate(paths):
+        sf.write(path, np.full(1600, 0.1 * (i + 1), dtype=np.float32), 16000, subtype="PCM_16")
+    clips = [SimpleNamespace(path=p) for p in paths]
+    before = experiment.data_fingerprint(clips)
+    stat = paths[1].stat()
+    edited = bytearray(paths[1].read_bytes())
+    edited[-2:] = b"\x01\x02"  # same size
+    paths[1].write_bytes(bytes(edited))
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same time (touch -r)
+    assert paths[1].stat().st_size == stat.st_size
+    after = experiment.data_fingerprint(clips)
+    assert after != before
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a plain touch
+    assert experiment.data_fingerprint(clips) == after == experiment.data_fingerprint(clips[::-1])
