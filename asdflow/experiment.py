@@ -687,6 +687,7 @@ def _train_locked(
     # training happens in a staging sub-folder, moved into place at the end.
     work = out / _STAGING if replacing else out
     work.mkdir(exist_ok=True)
+    files.remove_leftovers(work)  # e.g. half a checkpoint of a killed process
     checkpoint = work / CHECKPOINT_FILE
     training_file = work / _TRAINING_FILE
     resumed = False

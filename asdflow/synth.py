@@ -149,7 +149,7 @@ def _n_samples(seconds: float) -> int:
         seconds = float(seconds)
     except (TypeError, ValueError):
         seconds = math.nan
-    if not (math.isfinite(seconds) and round(seconds * SR) >= 2 and seconds <= MAX_SECONDS):
+    if not 2 / SR <= seconds <= MAX_SECONDS:  # also refuses nan
         raise ParameterError(
             f"seconds={seconds} is outside the allowed range [{2 / SR:g}, {MAX_SECONDS:g}] "
             f"(at least 2 samples at {SR} Hz)"
