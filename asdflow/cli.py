@@ -240,8 +240,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     _set_threads(args)
     workdir = args.workdir if args.workdir is not None else cache_dir() / "demo"
-    print(f"1. generating the quick synthetic factory in {workdir / 'data'}")
-    root = synth.make_factory(workdir / "data", seed=args.seed, **synth.QUICK_FACTORY)
+    # One data folder per seed: a factory of another seed is other data, never overwritten.
+    folder = workdir / f"data-seed{args.seed}"
+    print(f"1. generating the quick synthetic factory in {folder}")
+    root = synth.make_factory(folder, seed=args.seed, **synth.QUICK_FACTORY)
     print(data.describe(root))
     print(
         "\n2. training CFlow (CFlowConfig.quick()) and the DCASE baseline autoencoder "

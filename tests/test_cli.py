@@ -268,7 +268,7 @@ def test_demo_prints_the_data_then_both_detectors_side_by_side(tmp_path, capsys,
     torch.set_num_threads(2)
     code, out, _ = run(capsys, "demo", "--workdir", tmp_path)
     assert code == 0
-    assert f"{16 + 8} clips under {tmp_path / 'data'}" in out
+    assert f"{16 + 8} clips under {tmp_path / 'data-seed0'}" in out
     assert experiment.QUICK_TITLE in out
     assert "| machine | metric (%) | Baseline | CFlow |" in out
     assert out.count(f"| {MACHINE} | AUC (source) |") == 1
