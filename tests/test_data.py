@@ -12,6 +12,7 @@ import soundfile as sf
 
 from asdflow import data, synth
 from asdflow.errors import AudioError, LayoutError
+from asdflow.tolerance import tolerance
 
 SR = data.SAMPLE_RATE
 
@@ -272,6 +273,7 @@ def test_load_audio_pcm16_roundtrip(tmp_path: Path, rng: np.random.Generator) ->
         warnings.simplefilter("error")
         loaded = data.load_audio(path)
     assert loaded.dtype == np.float32 and loaded.shape == y.shape
+    # not a rounding tolerance: 16-bit PCM has steps of 1 / 32768
     np.testing.assert_allclose(loaded, y, atol=1 / 32768)
 
 
@@ -295,7 +297,10 @@ def test_load_audio_downmixes_stereo(tmp_path: Path, rng: np.random.Generator) -
     sf.write(path, stereo, SR, subtype="FLOAT")
     y = data.load_audio(path)
     assert y.shape == (SR // 4,)
-    np.testing.assert_allclose(y, stereo.mean(axis=1), rtol=0, atol=1e-7)
+    # float32 mean of two channels, on either side: two roundings of values up to 0.5
+    np.testing.assert_allclose(
+        y, stereo.mean(axis=1), rtol=0, atol=tolerance(np.float32, 0.5, terms=2)
+    )
 
 
 def test_load_audio_empty_file_raises(tmp_path: Path) -> None:
