@@ -902,9 +902,15 @@ def extract(
         Folder of the cache entries. ``None`` or ``True``: the default
         folder, :func:`default_cache` (``$ASDFLOW_CACHE/features`` or
         ``~/.cache/asdflow/features``); ``False``: no cache. An entry is one
-        ``.npy`` file per clip named by :func:`cache_key`, written
-        atomically; an entry that cannot be read, or is not a finite float32
-        image of the expected shape, is recomputed and replaced.
+        ``.npy`` file per clip named by :func:`cache_key` (a hash of the
+        file's bytes, so a moved or touched file keeps its entry), written
+        with :func:`asdflow.files.atomic_write`; temporary files older than an
+        hour (left by killed writers) are removed. An entry that cannot be
+        read, or is not a finite float32 image of the expected shape, is
+        recomputed and replaced. A read-only cache still serves its entries:
+        the other images are computed and not stored (one warning), because
+        the cache only saves time and a shared read-only cache is a normal
+        set-up; a cache path that is a file is a :class:`ParameterError`.
     n_jobs : int or None
         Worker processes for the clips not in the cache. ``1`` computes in
         this process; ``-1`` uses every core; ``None`` uses every core when
