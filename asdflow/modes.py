@@ -52,11 +52,11 @@ def cache_dir() -> Path:
         f"{CACHE_ENV}={path}" if value else f"the cache folder {path} (set {CACHE_ENV} to move it)"
     )
     fix = f"set {CACHE_ENV} to a folder you can write to"
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            what = "is a file" if parent == path else f"lies under {parent}, which is a file"
-            raise ParameterError(f"{where} cannot be used: it {what}, not a folder; {fix}")
     try:
+        for parent in (path, *path.parents):
+            if parent.exists() and not parent.is_dir():
+                what = "is a file" if parent == path else f"lies under {parent}, which is a file"
+                raise ParameterError(f"{where} cannot be used: it {what}, not a folder; {fix}")
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         reason = "permission denied" if isinstance(err, PermissionError) else err.strerror or err
