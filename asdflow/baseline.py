@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdflow import storage
-from asdflow.errors import AudioError, ModelError
+from asdflow.errors import AudioError, ModelError, ParameterError
 
 if TYPE_CHECKING:
     from asdflow.data import Clip
@@ -91,12 +91,22 @@ __all__ = [
 
 #: Version of the layout of the files written by :meth:`AutoencoderDetector.save`;
 #: :meth:`AutoencoderDetector.load` refuses any other.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 SCORE_MODES = ("mse", "mahalanobis")
 """The two scores of the baseline."""
 
 _FILE_KIND = "asdflow.baseline.AutoencoderDetector"
+_LEARNED = (
+    "machine_",
+    "net_",
+    "precision_source_",
+    "precision_target_",
+    "train_scores_",
+    "thresholds_",
+    "losses_",
+    "val_losses_",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -165,25 +175,43 @@ class AEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_mode(self.score_mode)
-        for name in ("sr", "n_mels", "n_fft", "hop_length", "n_frames", "hidden", "bottleneck"):
-            if getattr(self, name) < 1:
-                raise ModelError(f"AEConfig.{name} must be positive, got {getattr(self, name)!r}")
-        if self.epochs < 1 or self.batch_size < 2 or self.n_hidden < 0:
-            raise ModelError(
-                f"need epochs >= 1, batch_size >= 2 and n_hidden >= 0, got {self.epochs}, "
-                f"{self.batch_size} and {self.n_hidden}"
+        owner = "AEConfig"
+        checked: dict[str, Any] = {
+            name: storage.whole_number(owner, name, getattr(self, name), minimum)
+            for name, minimum in (
+                ("sr", 1),
+                ("n_mels", 1),
+                ("n_fft", 1),
+                ("hop_length", 1),
+                ("n_frames", 1),
+                ("hidden", 1),
+                ("bottleneck", 1),
+                ("n_hidden", 0),
+                ("epochs", 1),
+                ("batch_size", 2),
+                ("seed", 0),
             )
-        if not (self.lr > 0 and self.power > 0 and self.cov_ridge >= 0):
-            raise ModelError("AEConfig.lr and power must be positive and cov_ridge >= 0")
-        if not 0 <= self.validation_split < 1:
-            raise ModelError(
-                f"AEConfig.validation_split must lie in [0, 1), got {self.validation_split!r}"
+        }
+        for name in ("power", "lr"):
+            checked[name] = storage.real_number(
+                owner, name, getattr(self, name), low=0, low_open=True
             )
-        if not 0 < self.threshold_quantile < 1:
-            raise ModelError(
-                f"AEConfig.threshold_quantile must lie in (0, 1), got {self.threshold_quantile!r}"
-            )
+        checked["cov_ridge"] = storage.real_number(owner, "cov_ridge", self.cov_ridge, low=0)
+        checked["validation_split"] = storage.real_number(
+            owner, "validation_split", self.validation_split, low=0, high=1, high_open=True
+        )
+        checked["threshold_quantile"] = storage.real_number(
+            owner,
+            "threshold_quantile",
+            self.threshold_quantile,
+            low=0,
+            high=1,
+            low_open=True,
+            high_open=True,
+        )
+        checked["score_mode"] = storage.one_of(owner, "score_mode", self.score_mode, SCORE_MODES)
+        for name, value in checked.items():  # JSON values become the declared types
+            object.__setattr__(self, name, value)
 
     @property
     def input_dim(self) -> int:
@@ -223,7 +251,7 @@ class AEConfig:
 
 def _check_mode(mode: str) -> None:
     if mode not in SCORE_MODES:
-        raise ModelError(f"score_mode must be one of {SCORE_MODES}, got {mode!r}")
+        raise ParameterError(f"score_mode must be one of {SCORE_MODES}, got {mode!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -411,6 +439,20 @@ def residual_covariance(blocks: np.ndarray, *, ridge: float = 0.0) -> np.ndarray
     return cov + ridge * float(np.mean(np.diag(cov))) * np.eye(cov.shape[0])
 
 
+def _all_constant(vectors: Sequence[np.ndarray], floor: float = 1e-3) -> bool:
+    """Whether every dimension of the vectors of all clips is constant (silent clips).
+
+    A dimension counts as constant when its standard deviation over every
+    vector of every clip is at most ``floor`` times its root mean square, the
+    rule :class:`asdflow.features.RowStats` uses for constant rows. Silent
+    clips give the log-mel floor (-156.5 dB) in every dimension.
+    """
+    stacked = np.concatenate([np.asarray(v, dtype=np.float64) for v in vectors])
+    mean = stacked.mean(axis=0)
+    spread = stacked.std(axis=0)
+    return bool(np.all(spread <= floor * np.sqrt(np.square(mean) + np.square(spread))))
+
+
 def mahalanobis_scores(mean_residuals: np.ndarray, precisions: Sequence[np.ndarray]) -> np.ndarray:
     """Smallest squared Mahalanobis distance of each mean residual from zero.
 
@@ -452,6 +494,10 @@ class AutoencoderDetector:
 
     Attributes
     ----------
+    machine_ : str or None
+        Machine type of the training clips (``"fan"``); None when trained on
+        vector arrays. Clips of another machine type are refused by
+        :meth:`score`, and :meth:`load` can check it.
     net_ : AENet
         The trained network, in eval mode.
     precision_source_, precision_target_ : np.ndarray [shape=(n_mels, n_mels)]
@@ -528,10 +574,10 @@ class AutoencoderDetector:
             domains = [getattr(x, "domain", "source") for x in data]
         domains = list(domains)
         if len(domains) != len(data):
-            raise ModelError(f"{len(data)} clips but {len(domains)} domains")
+            raise ParameterError(f"{len(data)} clips but {len(domains)} domains")
         bad = sorted({d for d in domains if d not in ("source", "target")})
         if bad:
-            raise ModelError(f"training domains must be 'source' or 'target', got {bad}")
+            raise ParameterError(f"training domains must be 'source' or 'target', got {bad}")
         return domains
 
     # -- training -------------------------------------------------------------
@@ -547,7 +593,8 @@ class AutoencoderDetector:
         Parameters
         ----------
         data : sequence of Clip, or sequence of np.ndarray [shape=(n_vectors, input_dim)]
-            Normal training clips, or their vectors (:func:`clip_vectors`).
+            Normal training clips of one machine type (recorded as
+            ``machine_``), or their vectors (:func:`clip_vectors`).
         domains : sequence of str, optional
             ``"source"`` or ``"target"`` per clip; by default each clip's
             ``domain`` (``"source"`` for vector arrays).
@@ -558,13 +605,23 @@ class AutoencoderDetector:
 
         Raises
         ------
+        ParameterError
+            When the clips are of several machine types, or ``domains`` is
+            bad.
         ModelError
-            On a non-finite loss (naming the epoch), or bad inputs.
+            On silent training clips (every vector dimension constant), a
+            non-finite loss (naming the epoch), non-finite training scores or
+            thresholds, or bad inputs. Nothing learned is kept.
         """
         cfg = self.config
         items = list(data)
+        machine = storage.training_machine(items)
         clip_domains = self._domains(items, domains)
         vectors = self._vectors(items)
+        if _all_constant(vectors):
+            raise ModelError(storage.silent_message(items, machine, "dimension"))
+        for name in _LEARNED:  # a failed fit must not leave a half-updated detector
+            self.__dict__.pop(name, None)
         stacked = torch.from_numpy(np.concatenate(vectors))
         n_total = stacked.shape[0]
         rng = np.random.default_rng(cfg.seed)
@@ -615,11 +672,29 @@ class AutoencoderDetector:
 
         from asdflow.evaluation import gamma_threshold
 
-        self.train_scores_ = {mode: self._scores(residuals, mode) for mode in SCORE_MODES}
-        self.thresholds_ = {
-            mode: gamma_threshold(scores, cfg.threshold_quantile)
-            for mode, scores in self.train_scores_.items()
+        train_scores = {mode: self._scores(residuals, mode) for mode in SCORE_MODES}
+        for mode, scores in train_scores.items():
+            bad = int(np.count_nonzero(~np.isfinite(scores)))
+            if bad:
+                peak = max(float(np.abs(v).max()) for v in vectors)
+                raise ModelError(
+                    f"the {mode} training scores ({bad} of {scores.size}) of this autoencoder "
+                    f"are not finite (input vectors up to {peak:.2g}); nothing was kept: lower "
+                    "AEConfig.lr, raise AEConfig.cov_ridge, or check the clips"
+                )
+        thresholds = {
+            mode: float(gamma_threshold(scores, cfg.threshold_quantile))
+            for mode, scores in train_scores.items()
         }
+        for mode, threshold in thresholds.items():
+            if not math.isfinite(threshold):
+                raise ModelError(
+                    f"the {mode} decision threshold fitted to the training scores is "
+                    f"{threshold}; nothing was kept: train again with other settings"
+                )
+        self.machine_ = machine
+        self.train_scores_ = train_scores
+        self.thresholds_ = thresholds
         return self
 
     def _train(self, net: AENet, train_x: Tensor, val_x: Tensor) -> tuple[list[float], list[float]]:
@@ -704,11 +779,20 @@ class AutoencoderDetector:
         np.ndarray [shape=(n_clips,), dtype=float64]
             Mean squared error (dB squared) or smallest squared Mahalanobis
             distance per clip.
+
+        Raises
+        ------
+        ParameterError
+            For an unknown ``score_mode``.
+        ModelError
+            For clips of another machine type than ``machine_``.
         """
         self._check_fitted()
         mode = score_mode or self.config.score_mode
         _check_mode(mode)
-        return self._scores(self._residuals(self._vectors(data)), mode)
+        items = list(data)
+        storage.check_machine(items, self.machine_, "this autoencoder")
+        return self._scores(self._residuals(self._vectors(items)), mode)
 
     def predict(
         self, data: Sequence[Clip] | Sequence[np.ndarray], *, score_mode: str | None = None
@@ -743,6 +827,7 @@ class AutoencoderDetector:
             "format_version": FORMAT_VERSION,
             "versions": storage.versions(),
             "config": self.config.to_dict(),
+            "machine": self.machine_,
             "net": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
             "precision_source": torch.from_numpy(self.precision_source_.copy()),
             "precision_target": torch.from_numpy(self.precision_target_.copy()),
@@ -760,16 +845,31 @@ class AutoencoderDetector:
         cls,
         path: str | os.PathLike[str],
         *,
+        machine: str | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
     ) -> AutoencoderDetector:
         """Read a detector written by :meth:`save`.
 
+        Parameters
+        ----------
+        path : path
+        machine : str or None
+            The machine type the detector must have been trained on (e.g.
+            ``"fan"``); None accepts any.
+        device, progress
+            As in the constructor (they are not stored in the file).
+
+        Returns
+        -------
+        AutoencoderDetector
+
         Raises
         ------
         ModelError
-            If the file is missing, unreadable, not an autoencoder detector,
-            or of another format version.
+            If the file is missing, truncated or damaged (checksum mismatch),
+            not an autoencoder detector, of another format version, or
+            trained on another machine type than ``machine``.
         """
         data = storage.load_state(
             path,
@@ -778,7 +878,9 @@ class AutoencoderDetector:
             format_version=FORMAT_VERSION,
             writer="AutoencoderDetector.save",
         )
+        storage.check_trained_machine(path, data["machine"], machine)
         det = cls(AEConfig.from_dict(data["config"]), device=device, progress=progress)
+        det.machine_ = data["machine"]
         cfg = det.config
         net = AENet(cfg.input_dim, cfg.hidden, cfg.bottleneck, cfg.n_hidden)
         net.load_state_dict(data["net"])

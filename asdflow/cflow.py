@@ -50,6 +50,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,11 +62,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdflow import storage
-from asdflow.errors import ModelError
+from asdflow.errors import ModelError, ParameterError
 
 if TYPE_CHECKING:
     from asdflow.data import Clip
-    from asdflow.features import FeatureConfig
+    from asdflow.features import FeatureConfig, RowStats
 
 __all__ = [
     "CFlowConfig",
@@ -88,14 +89,18 @@ __all__ = [
 #: Version of the layout of the files written by :meth:`CFlowDetector.save`.
 #: Bump it whenever the layout changes; :meth:`CFlowDetector.load` refuses
 #: files of any other version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _FILE_KIND = "asdflow.cflow.CFlowDetector"
 _CHECKPOINT_KIND = "asdflow.cflow.checkpoint"
 _AGGREGATIONS = ("max", "mean")
 _FIBER_NORMS = ("standardize", "whiten", "none")
 _GROUP = 16  # images handled together (encoded one by one, decoded together)
+# Encoder features beyond this size point to an encoder without its pretrained
+# weights: trained ImageNet ResNets stay within tens, random ones reach 1e4.
+_LARGE_FEATURES = 1e3
 _LEARNED = (
+    "machine_",
     "row_stats_",
     "n_rows_",
     "channels_",
@@ -214,46 +219,50 @@ class CFlowConfig:
     positional_encoding: bool = True
 
     def __post_init__(self) -> None:
-        if self.rows is not None:
-            from asdflow.features import GROUPS
+        from asdflow.encoder import BACKBONES
 
-            rows = (self.rows,) if isinstance(self.rows, str) else tuple(self.rows)
-            unknown = [r for r in rows if r not in GROUPS]
-            if not rows or unknown or len(set(rows)) != len(rows):
-                raise ModelError(
-                    f"CFlowConfig.rows must be None or distinct names of {GROUPS}, got "
-                    f"{self.rows!r}"
-                )
-            object.__setattr__(self, "rows", rows)  # lists (JSON, --set) become tuples
-        if self.aggregation not in _AGGREGATIONS:
-            raise ModelError(
-                f"aggregation must be one of {_AGGREGATIONS}, got {self.aggregation!r}"
-            )
-        if self.fiber_norm not in _FIBER_NORMS:
-            raise ModelError(f"fiber_norm must be one of {_FIBER_NORMS}, got {self.fiber_norm!r}")
-        positive = {
-            "n_blocks": self.n_blocks,
-            "cond_dim": self.cond_dim,
-            "fiber_batch": self.fiber_batch,
-            "epochs": self.epochs,
-            "score_batch": self.score_batch,
-            "lr": self.lr,
-            "clamp": self.clamp,
+        owner = "CFlowConfig"
+        checked: dict[str, Any] = {
+            "backbone": storage.one_of(owner, "backbone", self.backbone, sorted(BACKBONES)),
+            "weights": _weights_setting(self.weights),
+            "encoder_seed": storage.whole_number(owner, "encoder_seed", self.encoder_seed, 0),
+            "n_blocks": storage.whole_number(owner, "n_blocks", self.n_blocks),
+            "clamp": storage.real_number(owner, "clamp", self.clamp, low=0, low_open=True),
+            "cond_dim": storage.whole_number(owner, "cond_dim", self.cond_dim, 4),
+            "fiber_batch": storage.whole_number(owner, "fiber_batch", self.fiber_batch),
+            "lr": storage.real_number(owner, "lr", self.lr, low=0, low_open=True),
+            "epochs": storage.whole_number(owner, "epochs", self.epochs),
+            "warmup_epochs": storage.real_number(owner, "warmup_epochs", self.warmup_epochs, low=0),
+            "min_lr_factor": storage.real_number(
+                owner, "min_lr_factor", self.min_lr_factor, low=0, high=1, low_open=True
+            ),
+            "aggregation": storage.one_of(owner, "aggregation", self.aggregation, _AGGREGATIONS),
+            "threshold_quantile": storage.real_number(
+                owner,
+                "threshold_quantile",
+                self.threshold_quantile,
+                low=0,
+                high=1,
+                low_open=True,
+                high_open=True,
+            ),
+            "score_batch": storage.whole_number(owner, "score_batch", self.score_batch),
+            "mixed_precision": storage.flag(owner, "mixed_precision", self.mixed_precision),
+            "fiber_norm": storage.one_of(owner, "fiber_norm", self.fiber_norm, _FIBER_NORMS),
+            "seed": storage.whole_number(owner, "seed", self.seed, 0),
+            "features": _features_setting(self.features),
+            "rows": _rows_setting(self.rows),
+            "positional_encoding": storage.flag(
+                owner, "positional_encoding", self.positional_encoding
+            ),
         }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ModelError(f"CFlowConfig.{name} must be positive, got {value!r}")
-        if self.cond_dim % 4 != 0:
-            raise ModelError(f"CFlowConfig.cond_dim must be a multiple of 4, got {self.cond_dim}")
-        if self.warmup_epochs < 0 or not 0 < self.min_lr_factor <= 1:
-            raise ModelError(
-                f"need warmup_epochs >= 0 and 0 < min_lr_factor <= 1, got "
-                f"{self.warmup_epochs!r} and {self.min_lr_factor!r}"
+        if checked["cond_dim"] % 4 != 0:
+            raise ParameterError(
+                f"CFlowConfig.cond_dim must be a whole number >= 4 and a multiple of 4, got "
+                f"{self.cond_dim!r}"
             )
-        if not 0 < self.threshold_quantile < 1:
-            raise ModelError(
-                f"threshold_quantile must lie in (0, 1), got {self.threshold_quantile!r}"
-            )
+        for name, value in checked.items():  # JSON values become the declared types
+            object.__setattr__(self, name, value)
 
     @classmethod
     def quick(cls, **changes: Any) -> CFlowConfig:
@@ -348,6 +357,55 @@ class CFlowConfig:
 
             data["features"] = FeatureConfig(**data["features"])
         return cls(**data)
+
+
+def _weights_setting(value: Any) -> str:
+    """``CFlowConfig.weights`` checked: ``"imagenet"``, ``"random"`` or a path (as a string)."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise ParameterError(
+            f"CFlowConfig.weights must be 'imagenet', 'random' or the path of a state-dict "
+            f"file, got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def _features_setting(value: Any) -> FeatureConfig | None:
+    """``CFlowConfig.features`` checked: None, a FeatureConfig, or its fields as a dict (JSON)."""
+    from asdflow.features import FeatureConfig
+
+    if value is None or isinstance(value, FeatureConfig):
+        return value
+    if isinstance(value, dict):
+        try:
+            return FeatureConfig(**value)
+        except TypeError as err:
+            raise ParameterError(
+                f"CFlowConfig.features: {err}; give the fields of asdflow.features.FeatureConfig"
+            ) from err
+    raise ParameterError(
+        f"CFlowConfig.features must be None, a FeatureConfig or a dict of its fields, got "
+        f"{value!r} ({type(value).__name__})"
+    )
+
+
+def _rows_setting(value: Any) -> tuple[str, ...] | None:
+    """``CFlowConfig.rows`` checked: None, or distinct row-group names as a tuple (lists from JSON)."""
+    if value is None:
+        return None
+    from asdflow.features import GROUPS
+
+    rows = (value,) if isinstance(value, str) else value
+    if not isinstance(rows, (list, tuple)) or not rows:
+        ok = False
+    else:
+        ok = all(isinstance(r, str) and r in GROUPS for r in rows) and len(set(rows)) == len(rows)
+    if not ok:
+        raise ParameterError(
+            f"CFlowConfig.rows must be None or distinct names of {GROUPS}, got {value!r}"
+        )
+    return tuple(rows)
 
 
 def _plain(value: Any) -> Any:
@@ -559,7 +617,7 @@ def aggregate_map(maps: Tensor, how: str = "max") -> Tensor:
         return flat.max(dim=1).values
     if how == "mean":
         return flat.mean(dim=1)
-    raise ModelError(f"aggregation must be one of {_AGGREGATIONS}, got {how!r}")
+    raise ParameterError(f"aggregation must be one of {_AGGREGATIONS}, got {how!r}")
 
 
 # ---------------------------------------------------------------------------
@@ -827,6 +885,37 @@ def _build_encoder(config: CFlowConfig, *, progress: bool = False) -> nn.Module:
     )
 
 
+def _read_checkpoint(checkpoint: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """The training state in ``checkpoint``, or None when there is none to resume from.
+
+    A checkpoint that cannot be used (truncated, damaged, of another format
+    version, or not a CFlow checkpoint at all) is renamed to
+    ``<name>.damaged``, replacing an older one, and a warning names both
+    paths: training then starts afresh, and nothing is deleted.
+    """
+    if checkpoint is None or not Path(checkpoint).exists():
+        return None
+    path = Path(checkpoint)
+    try:
+        return storage.load_state(
+            path,
+            kind=_CHECKPOINT_KIND,
+            what="a CFlow checkpoint",
+            format_version=FORMAT_VERSION,
+            writer="CFlowDetector.fit",
+        )
+    except ModelError as err:
+        aside = path.with_name(path.name + ".damaged")
+        os.replace(path, aside)
+        warnings.warn(
+            f"the checkpoint {path} cannot be used ({err}); it was moved to {aside} and "
+            "training starts afresh. Delete that file once you no longer need it.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+
+
 def _decoder_seed(seed: int, scale: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(scale)]).generate_state(1)[0])
 
@@ -933,7 +1022,7 @@ def fiber_normalisation(
         eigvals = eigvals.clamp_min(0.0) + floor * float(eigvals.clamp_min(0.0).mean())
         transform = eigvecs @ torch.diag(eigvals.rsqrt()) @ eigvecs.T
         return mean.float(), transform.float()
-    raise ModelError(f"fiber_norm must be 'standardize', 'whiten' or 'none', got {how!r}")
+    raise ParameterError(f"fiber_norm must be 'standardize', 'whiten' or 'none', got {how!r}")
 
 
 def _build_decoders(
@@ -974,6 +1063,32 @@ def _numpy_to_tensors(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _constant_rows(stats: RowStats) -> np.ndarray:
+    """Rows whose training values vary by less than ``stats.floor`` of their magnitude.
+
+    The rows :class:`asdflow.features.RowStats` treats as constant; when
+    every row is, the training clips are silent (or hold one constant tone
+    the features do not see).
+    """
+    rms = np.sqrt(np.square(stats.mean_) + stats.var_)
+    return np.sqrt(stats.var_) <= stats.floor * rms
+
+
+def _abs_max(fibers: Tensor, chunk: int = 65536) -> float:
+    """Largest absolute value of an (N, C) fiber tensor, chunk by chunk (no full copy)."""
+    peak = 0.0
+    for start in range(0, fibers.shape[0], chunk):
+        peak = max(peak, float(fibers[start : start + chunk].float().abs().max()))
+    return peak
+
+
+def _threshold(scores: np.ndarray, quantile: float) -> float:
+    """:func:`asdflow.evaluation.gamma_threshold` of the training scores, as a float."""
+    from asdflow.evaluation import gamma_threshold
+
+    return float(gamma_threshold(scores, quantile=quantile))
+
+
 def _images_hash(images: Sequence[np.ndarray]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for image in images:
@@ -1004,6 +1119,10 @@ class CFlowDetector:
 
     Attributes
     ----------
+    machine_ : str or None
+        Machine type of the training clips (``"fan"``); None when the
+        detector was trained on feature images. Clips of another machine type
+        are refused by :meth:`score`, and :meth:`load` can check it.
     row_stats_ : RowStats
         Per-row mean and standard deviation of the training images.
     channels_ : list of int
@@ -1075,6 +1194,8 @@ class CFlowDetector:
             items = list(data)
         if not items:
             raise ModelError("no clips or images given")
+        if not training:
+            storage.check_machine(items, getattr(self, "machine_", None), "this CFlow detector")
         if all(isinstance(x, np.ndarray) for x in items):
             images = [np.asarray(x, dtype=np.float32) for x in items]
         elif any(isinstance(x, np.ndarray) for x in items):
@@ -1145,12 +1266,15 @@ class CFlowDetector:
         Parameters
         ----------
         data : sequence of Clip, or sequence of np.ndarray [shape=(rows, frames)], or np.ndarray [shape=(n, rows, frames)]
-            Normal training clips, or their feature images (unstandardised).
+            Normal training clips of one machine type (recorded as
+            ``machine_``), or their feature images (unstandardised).
         checkpoint : path or None
             File for the training state, written atomically after every epoch.
             If it exists when ``fit`` starts, training resumes from it (it must
             come from the same configuration and data) and ends where an
-            uninterrupted run would.
+            uninterrupted run would. A checkpoint that cannot be read
+            (truncated, damaged) is renamed to ``<name>.damaged`` with a
+            ``RuntimeWarning`` naming both paths, and training starts afresh.
         callback : callable or None
             Called as ``callback(epoch, loss)`` after each epoch (1-based) once
             the checkpoint is written.
@@ -1161,18 +1285,29 @@ class CFlowDetector:
 
         Raises
         ------
+        ParameterError
+            When the clips are of several machine types.
         ModelError
-            On a non-finite loss (naming the epoch), too few fibers for one
-            batch, or a checkpoint from other settings or data.
+            On silent training clips (every feature row constant), a
+            non-finite loss (naming the epoch), too few fibers for one batch,
+            non-finite score constants, training scores or threshold (the
+            message gives the size of the encoder's features), or a
+            checkpoint from other settings or data. Nothing learned is kept.
         """
         from asdflow.features import RowStats
 
         cfg = self.config
-        raw = self._images(data, training=True)
+        items = list(data) if not isinstance(data, np.ndarray) else data
+        machine = storage.training_machine(items)
+        raw = self._images(items, training=True)
         cfg.row_indices(raw[0].shape[0])  # images without the named row groups fail here
         for name in _LEARNED:  # a failed fit must not leave a half-updated detector
             self.__dict__.pop(name, None)
-        self.row_stats_ = RowStats().fit(raw)
+        stats = RowStats().fit(raw)
+        if np.all(_constant_rows(stats)):
+            raise ModelError(storage.silent_message(items, machine, "row"))
+        self.machine_ = machine
+        self.row_stats_ = stats
         self.n_rows_ = int(raw[0].shape[0])
         images = self._standardise(raw)
         data_hash = _images_hash(raw)
@@ -1208,13 +1343,21 @@ class CFlowDetector:
         for log_p, size, members in self._bank_log_p(bank):
             batches.append((log_p, size))
             scores.append((members, log_p, size))
-        self.constants_ = fit_score_constants(batches)
+        constants = fit_score_constants(batches)
         train_scores = np.empty(len(images), dtype=np.float64)
         for members, log_p, size in scores:
-            maps = anomaly_map(log_p, self.constants_, size)
+            maps = anomaly_map(log_p, constants, size)
             train_scores[members] = aggregate_map(maps, cfg.aggregation).numpy()
+        self._check_finite(constants, train_scores, bank)
+        threshold = _threshold(train_scores, cfg.threshold_quantile)
+        if not math.isfinite(threshold):
+            raise ModelError(
+                f"the decision threshold fitted to the training scores is {threshold}; nothing "
+                "was kept: train again with other settings (another seed or more clips)"
+            )
+        self.constants_ = constants
         self.train_scores_ = train_scores
-        self._set_threshold()
+        self.threshold_ = threshold
         self.timings_ = {
             "encode": encoded - started,
             "train": trained - encoded,
@@ -1224,11 +1367,39 @@ class CFlowDetector:
         }
         return self
 
-    def _set_threshold(self) -> None:
-        from asdflow.evaluation import gamma_threshold
+    def _check_finite(
+        self, constants: ScoreConstants, train_scores: np.ndarray, bank: FiberBank
+    ) -> None:
+        """Raise :class:`ModelError` unless the score constants and ``train_scores`` are finite.
 
-        self.threshold_ = float(
-            gamma_threshold(self.train_scores_, quantile=self.config.threshold_quantile)
+        A detector whose constants or training scores are NaN or infinite
+        would give NaN scores to every clip; training stops here instead of
+        saving it. The message reports how large the encoder's features
+        are, the usual cause (an encoder without its pretrained weights gives
+        features in the tens of thousands, and the flows overflow).
+        """
+        values = [*constants.scale_max, constants.map_max]
+        if all(math.isfinite(v) for v in values) and np.all(np.isfinite(train_scores)):
+            return
+        if not all(math.isfinite(v) for v in values):
+            what = f"score constants (scale maxima {values[:-1]}, map maximum {values[-1]})"
+        else:
+            bad = int(np.count_nonzero(~np.isfinite(train_scores)))
+            what = f"training scores ({bad} of {train_scores.size})"
+        peak = max(_abs_max(f) for f in bank.fibers)
+        cfg = self.config
+        cause = f"encoder features up to {peak:.2g}"
+        if peak > _LARGE_FEATURES:
+            cause += (
+                f": an encoder without its pretrained weights (weights={cfg.weights!r})? Use "
+                "weights='imagenet' or a pretrained weights file, or fiber_norm='standardize' "
+                "to scale the features before the flows"
+            )
+        else:
+            cause += "; lower the learning rate (lr) or train for fewer epochs"
+        raise ModelError(
+            f"the {what} of this CFlow detector are not finite ({cause}); nothing was kept: "
+            "fix the settings and train again"
         )
 
     def _train(
@@ -1267,14 +1438,8 @@ class CFlowDetector:
         losses: list[float] = []
         start_epoch = 0
         signature = {"config": _plain(cfg.to_dict()), "data": data_hash, "n_fibers": bank.n_fibers}
-        if checkpoint is not None and Path(checkpoint).exists():
-            state = storage.load_state(
-                checkpoint,
-                kind=_CHECKPOINT_KIND,
-                what="a CFlow checkpoint",
-                format_version=FORMAT_VERSION,
-                writer="CFlowDetector.fit",
-            )
+        state = _read_checkpoint(checkpoint)
+        if state is not None:
             if state["signature"] != signature:
                 raise ModelError(
                     f"checkpoint {checkpoint} was written for other settings or training "
@@ -1447,6 +1612,12 @@ class CFlowDetector:
         -------
         np.ndarray [shape=(n,), dtype=float64]
             The maximum or mean (``config.aggregation``) of each anomaly map.
+
+        Raises
+        ------
+        ModelError
+            For clips of another machine type than ``machine_``, or when a
+            score is not finite (a badly trained detector).
         """
         self._check_fitted()
         images = self._standardise(self._images(data))
@@ -1454,6 +1625,13 @@ class CFlowDetector:
         for log_p, size, members in self._log_p_batches(images):
             maps = anomaly_map(log_p, self.constants_, size)
             scores[members] = aggregate_map(maps, self.config.aggregation).numpy()
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            raise ModelError(
+                f"this CFlow detector gives non-finite scores to {bad.size} of {len(scores)} "
+                f"clips (the first: clip {bad[0]}); its flows overflow on them. Train it again "
+                "with fiber_norm='standardize' or a lower learning rate, and check the clips"
+            )
         return scores
 
     def anomaly_maps(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -1523,6 +1701,7 @@ class CFlowDetector:
             "format_version": FORMAT_VERSION,
             "versions": storage.versions(),
             "config": _plain(self.config.to_dict()),
+            "machine": self.machine_,
             "encoder_fingerprint": self._encoder_fingerprint,
             "n_rows": self.n_rows_,
             "channels": list(self.channels_),
@@ -1542,6 +1721,7 @@ class CFlowDetector:
         cls,
         path: str | os.PathLike[str],
         *,
+        machine: str | None = None,
         device: str | torch.device | None = None,
         cache: str | os.PathLike[str] | None = None,
         progress: bool = True,
@@ -1551,6 +1731,9 @@ class CFlowDetector:
         Parameters
         ----------
         path : path
+        machine : str or None
+            The machine type the detector must have been trained on (e.g.
+            ``"fan"``); None accepts any.
         device, cache, progress
             As in the constructor (they are not stored in the file).
 
@@ -1561,8 +1744,9 @@ class CFlowDetector:
         Raises
         ------
         ModelError
-            If the file is missing, unreadable, not a CFlow detector, or of
-            another format version.
+            If the file is missing, truncated or damaged (checksum mismatch),
+            not a CFlow detector, of another format version, or trained on
+            another machine type than ``machine``.
         """
         from asdflow.features import RowStats
 
@@ -1573,9 +1757,11 @@ class CFlowDetector:
             format_version=FORMAT_VERSION,
             writer="CFlowDetector.save",
         )
+        storage.check_trained_machine(path, data["machine"], machine)
         det = cls(
             CFlowConfig.from_dict(data["config"]), device=device, cache=cache, progress=progress
         )
+        det.machine_ = data["machine"]
         det._encoder_fingerprint = data["encoder_fingerprint"]
         det.n_rows_ = int(data["n_rows"])
         det.channels_ = [int(c) for c in data["channels"]]

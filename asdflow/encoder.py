@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from asdflow.errors import ModelError
+from asdflow.errors import ModelError, ParameterError
 
 __all__ = ["Encoder", "BACKBONES", "STRIDES", "imagenet_url", "weights_cache_path"]
 
@@ -47,7 +47,7 @@ _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "laye
 
 def _check_backbone(backbone: str) -> None:
     if backbone not in BACKBONES:
-        raise ModelError(
+        raise ParameterError(
             f"unknown backbone {backbone!r}; choose one of {', '.join(sorted(BACKBONES))}"
         )
 
@@ -146,8 +146,10 @@ class Encoder(nn.Module):
 
     Raises
     ------
+    ParameterError
+        Unknown backbone.
     ModelError
-        Unknown backbone; ImageNet weights neither cached nor downloadable;
+        ImageNet weights neither cached nor downloadable;
         unreadable weights file or one that does not fit the backbone.
 
     Examples

@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 from torch import nn
 
+from asdflow import storage
 from asdflow.baseline import (
     FORMAT_VERSION,
     SCORE_MODES,
@@ -25,8 +26,10 @@ from asdflow.baseline import (
     residual_covariance,
 )
 from asdflow.data import Clip
-from asdflow.errors import ModelError
+from asdflow.errors import ModelError, ParameterError
 from asdflow.evaluation import auc
+from asdflow.files import TEMP_SUFFIX
+from asdflow.tolerance import tolerance
 
 SR = 16000
 
@@ -80,9 +83,12 @@ def test_log_mel_is_ten_log10_of_floored_power_mel():
     y = np.random.default_rng(1).normal(size=SR).astype(np.float32)
     mel = librosa.feature.melspectrogram(y=y, sr=SR, n_fft=1024, hop_length=512, n_mels=128)
     expected = 10 * np.log10(np.maximum(mel, sys.float_info.epsilon))
-    np.testing.assert_allclose(log_mel(y), expected, rtol=1e-5, atol=1e-4)
+    # float32 mel energies in dB: both sides round to float32 around values up to |dB|
+    atol = tolerance(np.float32, magnitude=float(np.abs(expected).max()), terms=2)
+    np.testing.assert_allclose(log_mel(y), expected, rtol=0, atol=atol)
     silent = log_mel(np.zeros(SR, dtype=np.float32))
-    np.testing.assert_allclose(silent, 10 * np.log10(sys.float_info.epsilon), rtol=1e-6)
+    floor = 10 * np.log10(sys.float_info.epsilon)  # -156.5 dB, rounded to float32
+    np.testing.assert_allclose(silent, floor, rtol=0, atol=tolerance(np.float32, abs(floor)))
 
 
 # ---------------------------------------------------------------- network and statistics
@@ -118,25 +124,41 @@ def test_mahalanobis_equals_official_double_average():
     precision = a @ a.T + np.eye(6)
     official = np.mean(delta @ precision @ delta.T)
     ours = mahalanobis_scores(delta.mean(axis=0, keepdims=True), [precision])[0]
-    assert ours == pytest.approx(official, rel=1e-12)
+    # float64, the same sum in another order: quadratic forms of 6 x 6 products of size
+    # |delta|^2 |precision|, averaged over 40 x 40 pairs
+    magnitude = float(np.abs(delta).max() ** 2 * np.abs(precision).max())
+    atol = tolerance(np.float64, magnitude, terms=delta.shape[1] ** 2 + delta.shape[0] ** 2)
+    assert ours == pytest.approx(official, rel=0, abs=atol)
 
 
 def test_residual_covariance():
     blocks = np.random.default_rng(3).normal(size=(50, 4))
-    np.testing.assert_allclose(residual_covariance(blocks), np.cov(blocks, rowvar=False))
     cov = np.cov(blocks, rowvar=False)
+    np.testing.assert_array_equal(residual_covariance(blocks), cov)  # np.cov itself
     ridged = residual_covariance(blocks, ridge=0.5)
-    np.testing.assert_allclose(ridged - cov, 0.5 * np.mean(np.diag(cov)) * np.eye(4))
+    # float64: the ridge added to values of size |cov| and subtracted again
+    atol = tolerance(np.float64, magnitude=float(np.abs(ridged).max()), terms=2)
+    np.testing.assert_allclose(ridged - cov, 0.5 * np.mean(np.diag(cov)) * np.eye(4), atol=atol)
 
 
 def test_config_checks():
     assert AEConfig().input_dim == 640
     assert AEConfig.quick().epochs < AEConfig().epochs == 100
-    with pytest.raises(ModelError, match="score_mode"):
+    with pytest.raises(ParameterError, match="AEConfig.score_mode must be one of 'mse', "):
         AEConfig(score_mode="l1")
-    with pytest.raises(ModelError, match="validation_split"):
+    with pytest.raises(ParameterError, match=r"validation_split must be a number in \[0, 1\)"):
         AEConfig(validation_split=1.0)
+    with pytest.raises(ParameterError, match="AEConfig.batch_size must be a whole number >= 2"):
+        AEConfig(batch_size=1)
+    with pytest.raises(ParameterError, match=r"AEConfig.epochs .* got '20' \(str\)"):
+        AEConfig(epochs="20")
+    with pytest.raises(ParameterError, match="AEConfig.n_hidden must be a whole number >= 0"):
+        AEConfig(n_hidden=1.5)
+    with pytest.raises(ParameterError, match="AEConfig.lr must be a number > 0, got 0"):
+        AEConfig(lr=0)
     assert AEConfig.from_dict(AEConfig.quick().to_dict()) == AEConfig.quick()
+    json_like = AEConfig(epochs=20.0, lr=1)  # what JSON may give for --set
+    assert isinstance(json_like.epochs, int) and isinstance(json_like.lr, float)
 
 
 # ---------------------------------------------------------------- end to end
@@ -207,7 +229,9 @@ def test_mse_score_is_mean_squared_error(detector, clips):
     x = torch.from_numpy(clip_vectors(load_audio(clips["test"][0].path)))
     with torch.no_grad():
         expected = float(torch.mean((detector.net_(x) - x).double() ** 2))
-    assert detector.score(clips["test"][:1])[0] == pytest.approx(expected, rel=1e-6)
+    # the same float32 residuals, squared and averaged in float64 by numpy and by torch
+    atol = tolerance(np.float64, magnitude=expected, terms=x.numel())
+    assert detector.score(clips["test"][:1])[0] == pytest.approx(expected, rel=0, abs=atol)
 
 
 def test_save_load_identical_scores(detector, clips, tmp_path):
@@ -226,7 +250,7 @@ def test_load_refuses_other_files(detector, tmp_path):
     path = detector.save(tmp_path / "ae.pt")
     state = torch.load(path, weights_only=True)
     state["format_version"] = FORMAT_VERSION + 1
-    torch.save(state, tmp_path / "future.pt")
+    storage.save_state(state, tmp_path / "future.pt")  # a valid checksum: only the version is off
     with pytest.raises(ModelError, match="format version"):
         AutoencoderDetector.load(tmp_path / "future.pt")
     torch.save({"kind": "something else"}, tmp_path / "other.pt")
@@ -255,11 +279,11 @@ def test_seeded_training_is_reproducible():
 def test_misuse_raises(detector):
     with pytest.raises(ModelError, match="not fitted"):
         AutoencoderDetector(AEConfig.quick()).score([np.zeros((3, 640), np.float32)])
-    with pytest.raises(ModelError, match="score_mode"):
+    with pytest.raises(ParameterError, match="score_mode"):
         detector.score([np.zeros((3, 640), np.float32)], score_mode="l2")
     with pytest.raises(ModelError, match="640"):
         detector.score([np.zeros((3, 128), np.float32)])
-    with pytest.raises(ModelError, match="domains"):
+    with pytest.raises(ParameterError, match="domains"):
         AutoencoderDetector(AEConfig.quick()).fit(
             [np.zeros((3, 640), np.float32)], domains=["source", "target"]
         )
@@ -270,4 +294,6 @@ def test_written_file_is_readable_without_pickled_code(detector, tmp_path):
     state = torch.load(path, weights_only=True)
     assert state["format_version"] == FORMAT_VERSION
     assert set(state["thresholds"]) == set(SCORE_MODES)
-    assert not list(Path(tmp_path).glob(".*.tmp"))
+    assert state["machine"] == "fan"
+    assert state["checksum"] == storage.payload_checksum(state)
+    assert not list(Path(tmp_path).glob(f".*{TEMP_SUFFIX}"))
