@@ -239,3 +239,13 @@ def test_fingerprint_sees_an_edit_that_keeps_size_and_time(tmp_path):
     assert after != before
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a plain touch
     assert experiment.data_fingerprint(clips) == after == experiment.data_fingerprint(clips[::-1])
+
+
+def test_detector_of_another_machine_is_refused_without_run_json(ae_run, tmp_path, factory, capsys):
+    copy = tmp_path / "no-record"
+    shutil.copytree(ae_run, copy)
+    (copy / experiment.RUN_FILE).unlink()  # the detector file itself knows its machine type
+    code, _, err = run(capsys, "test", copy, factory, "--machine", "fan", "--overwrite")
+    line = one_line_error(code, err, "test")
+    assert f"trained on '{MACHINE}', not 'fan'" in line
+    assert not (copy / evaluation.score_file_name("fan")).exists()
