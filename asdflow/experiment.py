@@ -1386,8 +1386,9 @@ def trained_detector(
     named variant such as an ablation, so that it never replaces the default
     detector that other chapters share. When it holds a detector trained with
     the same settings on the same training files, that detector is loaded;
-    otherwise one is trained with :func:`train_run` and saved there
-    (replacing an outdated one). So the first chapter that needs a detector
+    otherwise (or when the file cannot be used: damaged, or written by an
+    asdflow with another file format) one is trained with :func:`train_run`
+    and saved there (replacing the outdated one). So the first chapter that needs a detector
     trains it, later chapters reuse it, and a chapter run on an empty cache
     rebuilds it.
 
@@ -1434,8 +1435,13 @@ def trained_detector(
         and info.config == _jsonable(config.to_dict())
         and info.data == data_fingerprint(_train_clips(root, machine))
     ):
-        _say(f"{METHODS[model]} of {machine} (seed {seed}) loaded from {directory}", progress)
-        return load_detector(directory, device=mode.device, progress=progress)
+        try:
+            detector = load_detector(directory, device=mode.device, progress=progress)
+        except ModelError as err:  # damaged, or written by another asdflow: it is only a cache
+            _say(f"the cached detector cannot be used ({err}); training it again", progress)
+        else:
+            _say(f"{METHODS[model]} of {machine} (seed {seed}) loaded from {directory}", progress)
+            return detector
     return train_run(
         root,
         machine,

@@ -322,6 +322,27 @@ def test_trained_detector_trains_once_then_reuses(factory):
     assert experiment.read_run_info(folder).config["epochs"] == 2
 
 
+def test_trained_detector_retrains_a_damaged_cache_entry(factory):
+    mode = Mode("quick", "tests", "cpu")
+    config = AEConfig.quick(**TINY_AE)
+    first = experiment.trained_detector(
+        factory, MACHINE, model="ae", mode=mode, seed=4, config=config, progress=False
+    )
+    folder = experiment.run_dir(experiment_cache() / "runs" / "quick", "ae", MACHINE, 4)
+    path = folder / experiment.DETECTOR_FILES["ae"]
+    damaged = bytearray(path.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ModelError):
+        experiment.load_detector(folder)
+    again = experiment.trained_detector(
+        factory, MACHINE, model="ae", mode=mode, seed=4, config=config, progress=False
+    )
+    assert np.array_equal(again.train_scores_["mse"], first.train_scores_["mse"])
+    experiment.load_detector(folder)  # a good file again
+
+
 def test_trained_detector_variants_keep_the_default(factory):
     mode = Mode("quick", "tests", "cpu")
     config = AEConfig.quick(**TINY_AE)
