@@ -100,10 +100,10 @@ def _canonical(value: Any) -> bytes:
         return b"N;"
     if isinstance(value, bool):
         return b"B1;" if value else b"B0;"
-    if isinstance(value, int):
-        return f"I{value};".encode()
-    if isinstance(value, float):
-        return f"F{value.hex()};".encode()
+    if isinstance(value, numbers.Integral):  # int, and NumPy integers alike
+        return f"I{int(value)};".encode()
+    if isinstance(value, numbers.Real):  # float, and NumPy floats alike
+        return f"F{float(value).hex()};".encode()
     if isinstance(value, str):
         data = value.encode("utf-8")
         return f"S{len(data)};".encode() + data

@@ -126,7 +126,7 @@ def test_a_damaged_detector_file_is_refused(files, kind, how, tmp_path):
 
 def test_the_checksum_covers_every_value_and_ignores_order_and_containers():
     state = {"a": torch.arange(6, dtype=torch.float16).reshape(2, 3), "b": [1, 2.5, None, "x"]}
-    same = {"b": (1, 2.5, None, "x"), "a": state["a"].clone()}
+    same = {"b": (np.int64(1), np.float64(2.5), None, "x"), "a": state["a"].clone()}
     assert storage.payload_checksum(state) == storage.payload_checksum(same)
     assert storage.payload_checksum({**state, storage.CHECKSUM_KEY: "ignored"}) == (
         storage.payload_checksum(state)
