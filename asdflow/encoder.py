@@ -102,6 +102,33 @@ def _file_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
+def _random_init(network: nn.Module, seed: int) -> None:
+    """torchvision's ResNet initialisation, drawn so that every machine gets the same weights.
+
+    torchvision draws each convolution from a normal distribution with
+    standard deviation ``sqrt(2 / fan_out)`` ("Kaiming normal, fan out, ReLU",
+    He et al., 2015) and sets batch normalisation to the identity
+    (scale 1, shift 0, running mean 0, variance 1). Drawn with torch, the
+    float32 normal numbers depend on the CPU's vector instructions (torch
+    has a separate AVX2 code path), so a detector trained on one machine
+    would meet another encoder on the next. NumPy's generator gives the same
+    float64 numbers on every platform; they are rounded to float32 here. The
+    classifier ``fc`` is not part of the encoder and keeps torch's draw.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            weight = module.weight
+            fan_out = weight.shape[0] * weight[0, 0].numel()
+            values = rng.standard_normal(tuple(weight.shape)) * np.sqrt(2.0 / fan_out)
+            with torch.no_grad():
+                weight.copy_(torch.from_numpy(values).to(weight.dtype))
+        elif isinstance(module, nn.BatchNorm2d):
+            module.reset_parameters()
+
+
 class Encoder(nn.Module):
     """A frozen ResNet that turns an image into a three-scale feature pyramid.
 
@@ -125,8 +152,9 @@ class Encoder(nn.Module):
     weights : "imagenet", "random" or path
         ``"imagenet"``: torchvision's ImageNet weights (from the hub cache;
         downloaded once, which needs network access). ``"random"``:
-        torchvision's random initialisation, drawn with ``seed`` (say so
-        when reporting results). A path: a local file written by
+        torchvision's random initialisation scheme, drawn with ``seed`` by
+        NumPy so that every machine draws the same weights (say so when
+        reporting results; see :func:`_random_init`). A path: a local file written by
         ``torch.save(model.state_dict(), path)`` for the same backbone
         (keys of the classifier ``fc`` are ignored).
     seed : int
@@ -185,9 +213,9 @@ class Encoder(nn.Module):
             state = _file_state_dict(Path(weights))
         self.weights = str(weights)
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            network = get_model(backbone, weights=None)
+        network = get_model(backbone, weights=None)
+        if state is None:
+            _random_init(network, seed)
         for name in _TRUNK:
             self.add_module(name, getattr(network, name))
 

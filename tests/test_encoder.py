@@ -177,3 +177,45 @@ def test_bad_weights_files_and_names_raise(tmp_path, resnet18):
 def test_bad_input_shape_raises(resnet18):
     with pytest.raises(ModelError, match=r"\(B, 3, H, W\)"):
         resnet18(torch.zeros(1, 1, 32, 32))
+
+
+ENCODER_HASH = """
+import hashlib, torch
+from asdflow.encoder import Encoder
+digest = hashlib.sha256()
+for tensor in Encoder("resnet18", weights="random", seed=3).state_dict().values():
+    digest.update(tensor.contiguous().numpy().tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_random_weights_are_the_same_on_every_cpu_code_path():
+    """torch's own float32 normal draw differs between its AVX2 and plain code paths."""
+    import os
+    import subprocess
+    import sys
+
+    hashes = set()
+    for capability in ("default", "avx2"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        done = subprocess.run(
+            [sys.executable, "-c", ENCODER_HASH], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        hashes.add(done.stdout.strip())
+    assert len(hashes) == 1
+
+
+def test_random_weights_follow_torchvision_scheme():
+    encoder = Encoder("resnet18", weights="random", seed=0)
+    conv = encoder.layer3[0].conv1.weight
+    fan_out = conv.shape[0] * conv[0, 0].numel()
+    expected = (2.0 / fan_out) ** 0.5
+    # The sample sd of n normal draws is within 5 / sqrt(2 n) of the true sd (relative).
+    assert abs(conv.std().item() / expected - 1) < 5 / (2 * conv.numel()) ** 0.5
+    assert abs(conv.mean().item()) < 5 * expected / conv.numel() ** 0.5
+    bn = encoder.layer3[0].bn1
+    assert torch.equal(bn.weight, torch.ones_like(bn.weight))
+    assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    other = Encoder("resnet18", weights="random", seed=1)
+    assert not torch.equal(other.layer3[0].conv1.weight, conv)
