@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from asdflow import files
-from asdflow.errors import AsdflowError, ModelError, SubmissionError
+from asdflow.errors import ModelError, ParameterError, SubmissionError
 
 if TYPE_CHECKING:
     from asdflow.data import Clip
@@ -600,7 +600,7 @@ def harmonic_mean(values: Iterable[float]) -> float:
 
     array = np.asarray(list(values), dtype=np.float64)
     if array.size == 0 or not np.all(np.isfinite(array)):
-        raise AsdflowError("a harmonic mean needs at least one value and only finite values.")
+        raise ParameterError("a harmonic mean needs at least one value and only finite values.")
     return float(hmean(np.maximum(array, EPS)))
 
 
@@ -1083,7 +1083,7 @@ class Cell:
         """The cell of a list of per-run values."""
         array = np.asarray(values, dtype=np.float64)
         if array.size == 0:
-            raise AsdflowError("a table cell needs at least one value.")
+            raise ParameterError("a table cell needs at least one value.")
         sd = float(np.std(array, ddof=1)) if array.size > 1 else None
         return cls(float(np.mean(array)), sd, int(array.size))
 
@@ -1266,7 +1266,7 @@ def result_table(
         key = (result.seed, result.machine, result.section)
         per_method = runs.setdefault(result.method, {})
         if key in per_method:
-            raise AsdflowError(
+            raise ParameterError(
                 f"two results for method {result.method!r}, machine {result.machine!r}, "
                 f"section {result.section!r}, seed {result.seed!r}; give each run once."
             )

@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 
 from asdflow import files
 from asdflow.errors import (
-    AsdflowError,
     LayoutError,
     ModelError,
     ParameterError,
@@ -157,9 +156,11 @@ def _check_device(device: str | None) -> None:
     try:
         kind = torch.device(device).type
     except (RuntimeError, ValueError) as err:
-        raise ModelError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from err
+        raise ParameterError(f"unknown device {device!r} ({err}); use cpu, cuda or cuda:N") from err
     if kind == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} was asked for but no CUDA GPU is available; use cpu")
+        raise ParameterError(
+            f"device {device!r} was asked for but no CUDA GPU is available; use cpu"
+        )
 
 
 def hardware(device: str | None = None) -> str:
@@ -1286,7 +1287,7 @@ def reproduce(
     for key, value in (changes or {}).items():
         model, sep, field_name = key.partition(".")
         if not sep or model not in MODELS:
-            raise ModelError(
+            raise ParameterError(
                 f"setting {key!r} must name its model first, e.g. cflow.n_blocks or ae.epochs"
             )
         per_model[model][field_name] = value
@@ -1420,7 +1421,9 @@ def trained_detector(
 
     _check_model(model)
     if variant is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", variant):
-        raise AsdflowError(f"variant names a folder: use letters, digits, - and _, got {variant!r}")
+        raise ParameterError(
+            f"variant names a folder: use letters, digits, - and _, got {variant!r}"
+        )
     folder = model if variant is None else f"{model}-{variant}"
     directory = run_dir(cache_dir() / "runs" / mode.name, folder, machine, seed)
     if config is None:

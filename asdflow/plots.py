@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from asdflow.errors import ParameterError
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -71,7 +73,7 @@ def plot_feature_image(
     config = config or FeatureConfig()
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2 or image.shape[0] != config.n_rows:
-        raise ValueError(
+        raise ParameterError(
             f"expected an image of {config.n_rows} rows (n_rows, t), got shape {image.shape}; "
             "pass the FeatureConfig it was made with"
         )
@@ -164,11 +166,13 @@ def plot_anomaly_map(
     names = list(every) if rows is None else [name for name in every if name in set(rows)]
     unknown = sorted(set(rows or ()) - set(every))
     if unknown or not names:
-        raise ValueError(f"unknown or no row groups {unknown or rows}; use names of {list(every)}")
+        raise ParameterError(
+            f"unknown or no row groups {unknown or rows}; use names of {list(every)}"
+        )
     sizes = [every[name].stop - every[name].start for name in names]
     amap = np.asarray(amap, dtype=np.float64)
     if amap.ndim != 2 or amap.shape[0] != sum(sizes):
-        raise ValueError(
+        raise ParameterError(
             f"expected a map of {sum(sizes)} rows (groups {names}) x frames, got shape "
             f"{amap.shape}; pass the rows the detector kept (CFlowConfig.rows)"
         )
