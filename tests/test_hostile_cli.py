@@ -249,3 +249,22 @@ def test_detector_of_another_machine_is_refused_without_run_json(ae_run, tmp_pat
     line = one_line_error(code, err, "test")
     assert f"trained on '{MACHINE}', not 'fan'" in line
     assert not (copy / evaluation.score_file_name("fan")).exists()
+
+
+def test_overwrite_on_silent_clips_fails_and_keeps_the_old_run(ae_run, factory, tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    silent = tmp_path / "silent-factory"
+    shutil.copytree(factory / "dev_data" / "raw" / MACHINE, silent / "dev_data" / "raw" / MACHINE)
+    for path in (silent / "dev_data" / "raw" / MACHINE / "train").glob("*.wav"):
+        info = sf.info(path)
+        sf.write(path, np.zeros(info.frames, dtype=np.float32), info.samplerate, subtype="PCM_16")
+    run_folder = tmp_path / "run"
+    shutil.copytree(ae_run, run_folder)
+    before = snapshot(run_folder)
+    argv = ["train", silent, "--machine", MACHINE, "--out", run_folder, "--overwrite", *TINY_AE]
+    code, _, err = run(capsys, *argv)
+    line = one_line_error(code, err, "train")
+    assert "silent" in line and MACHINE in line
+    assert snapshot(run_folder) == before
