@@ -396,7 +396,7 @@ def typed_setting(cls: type, name: str, value: Any) -> Any:
             return value
         return json.dumps(value)  # e.g. a backbone name that parsed as a number
     elif hint.startswith("tuple["):
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
             return tuple(value)
         what = 'a JSON list of names, e.g. ["mel","mfcc"]'
     else:

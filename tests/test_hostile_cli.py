@@ -15,7 +15,7 @@ import pytest
 
 from asdflow import cli, evaluation, experiment, files
 from asdflow.baseline import AutoencoderDetector
-from asdflow.errors import ModelError
+from asdflow.errors import ModelError, ParameterError
 
 MACHINE = "valve"
 TINY_AE = ["--model", "ae", "--quick", "--epochs", "1", "--set", "batch_size=256"]
@@ -105,6 +105,17 @@ def test_set_values_of_the_right_type_are_taken(factory):
     )
     assert (config.n_blocks, config.lr, config.rows) == (3, 1.0, ("mel",))
     assert isinstance(config.lr, float)
+
+
+def test_python_changes_take_tuples_and_lists_of_row_groups(factory):
+    # chapter 7 passes CFlowConfig changes from Python, where a tuple is the natural spelling
+    for rows in [("mel", "chroma"), ["mel", "chroma"]]:
+        config = experiment.run_config(
+            "cflow", factory, MACHINE, quick=True, changes={"rows": rows}
+        )
+        assert config.rows == ("mel", "chroma")
+    with pytest.raises(ParameterError, match="JSON list of names"):
+        experiment.run_config("cflow", factory, MACHINE, quick=True, changes={"rows": ("mel", 3)})
 
 
 # ----------------------------------------------------------------- unusable paths
