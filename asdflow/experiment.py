@@ -360,7 +360,8 @@ def typed_setting(cls: type, name: str, value: Any) -> Any:
     this is where they meet the field's annotation. A whole-number field takes
     only whole numbers (``2``, not ``2.5``, ``true`` or ``"abc"``), a real-number
     field any number, a yes/no field ``true``/``false``, a text field any text,
-    a tuple field a JSON list; ``null`` only where the field allows None.
+    a tuple field a JSON list (from Python, a list or a tuple); ``null`` only
+    where the field allows None.
 
     Raises
     ------
