@@ -32,7 +32,12 @@ def _machine_sounds(n_clips: int, seconds: float, sr: int, seed: int) -> list[np
 
 
 def bench_features(
-    *, n_clips: int = 32, seconds: float = 10.0, n_jobs: int | None = None, seed: int = 0
+    *,
+    n_clips: int = 32,
+    seconds: float = 10.0,
+    n_jobs: int | None = None,
+    hop_length: int | None = None,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Clips per second of feature extraction: naive, shared, parallel and cached.
 
@@ -53,9 +58,12 @@ def bench_features(
     n_clips : int
         Number of clips.
     seconds : float
-        Length of each clip (10 s: a DCASE clip, 626 frames).
+        Length of each clip (10 s: a DCASE clip, 313 frames at hop 512).
     n_jobs : int or None
         Processes for ``extract``; ``None`` uses every core.
+    hop_length : int or None
+        STFT hop in samples (None: the :class:`asdflow.features.FeatureConfig`
+        default, 512).
     seed : int
         Seed of the generated clips.
 
@@ -71,6 +79,8 @@ def bench_features(
     from asdflow import features
 
     config = features.FeatureConfig()
+    if hop_length is not None:
+        config = features.FeatureConfig(hop_length=hop_length)
     n_jobs = n_jobs or features._n_cores()
     clips = _machine_sounds(n_clips, seconds, config.sr, seed)
 
@@ -115,7 +125,11 @@ def bench_features(
         (f"(c) extract, {n_jobs} process(es), empty cache", "extract"),
         ("    extract again, from the cache", "cached"),
     ]
-    print(f"feature images of {n_clips} generated clips of {seconds:g} s ({config.n_rows} rows)")
+    frames = config.n_frames(int(round(seconds * config.sr)))
+    print(
+        f"feature images of {n_clips} generated clips of {seconds:g} s "
+        f"({config.n_rows} x {frames}, hop {config.hop_length})"
+    )
     for label, key in rows:
         print(f"  {label:<44} {result[key]:9.2f} clips/s")
     print(f"  ratio b/a = {result['ratio']:.2f}, cache speed-up = {result['cache_speedup']:.0f}x")
@@ -190,6 +204,7 @@ def bench_train(
     epochs: int | None = None,
     naive: bool | None = None,
     device: str | None = None,
+    hop_length: int | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
     """Training and scoring speed of CFlow, and the gain of encoding each clip once.
@@ -206,10 +221,14 @@ def bench_train(
       ``ratio`` is its time over ``fit``'s (encoding plus training).
 
     Quick mode (default): :meth:`asdflow.cflow.CFlowConfig.quick` (random
-    ResNet-18), 32 clips of 2 s (158 x 126 images), 5 epochs, on the CPU
-    unless a GPU is present. Full mode (``full=True``, for a GPU): the
-    default configuration (WideResNet-50-2, 8 coupling blocks, 25 epochs)
-    on 1000 clips of 10 s (158 x 626), the size of one DCASE machine type.
+    ResNet-18), 32 clips of 2 s (158 x 63 images at hop 512), 5 epochs, on
+    the CPU unless a GPU is present. Full mode (``full=True``, for a GPU):
+    the default configuration (WideResNet-50-2, 8 coupling blocks, 25
+    epochs) on 1000 clips of 10 s (158 x 313), the size of one DCASE
+    machine type. The image width is that of the clip length at
+    ``hop_length`` (the feature default, 512, unless given), so the cost of
+    the hop can be compared: ``train_ms_per_clip`` is the training time of
+    one clip for one epoch.
     The encoder gets random weights there: its speed is that of the
     ImageNet weights, which may not be downloadable. In full mode the naive
     loop is not run (it would take hours); its time is estimated as
@@ -229,13 +248,17 @@ def bench_train(
         Time the naive loop too (default: in quick mode only).
     device : str, optional
         ``"cpu"``, ``"cuda"``... (default: CUDA if available).
+    hop_length : int, optional
+        STFT hop that sets the image width (default: the
+        :class:`asdflow.features.FeatureConfig` default, 512).
     seed : int
         Seed of the images and the detector.
 
     Returns
     -------
     dict
-        ``encode_s``, ``train_s``, ``fit_s`` (seconds), ``fibers_per_s``,
+        ``encode_s``, ``train_s``, ``fit_s`` (seconds), ``train_ms_per_clip``
+        (milliseconds per clip and epoch), ``fibers_per_s``,
         ``score_clips_per_s``, ``naive_s`` and ``ratio`` (NaN when neither
         measured nor estimated), ``estimated`` (1.0 when the naive time is an
         estimate), ``epochs``, ``n_clips``, ``frames``, ``bank_gb``.
@@ -255,7 +278,10 @@ def bench_train(
     if naive is None:
         naive = not full
     torch_device = _auto_device(device)
-    frames = 1 + int(round(seconds * 16000)) // 256
+    from asdflow.features import FeatureConfig
+
+    feature_config = FeatureConfig() if hop_length is None else FeatureConfig(hop_length=hop_length)
+    frames = feature_config.n_frames(int(round(seconds * feature_config.sr)))
     images = _feature_like_images(n_clips, frames, seed)
     if full and torch_device.type != "cuda":
         print("warning: full-size training on the CPU takes hours; use a GPU")
@@ -283,6 +309,7 @@ def bench_train(
         "encode_s": encode_s,
         "train_s": train_s,
         "fit_s": fit_s,
+        "train_ms_per_clip": 1000 * train_s / (config.epochs * n_clips),
         "fibers_per_s": config.epochs * timings["fibers_per_epoch"] / train_s,
         "score_clips_per_s": n_score / score_s,
         "naive_s": naive_s,
@@ -296,13 +323,14 @@ def bench_train(
     mode = "full" if full else "quick"
     print(
         f"CFlow training, {mode} mode: {config.backbone} ({config.weights} weights), "
-        f"{config.n_blocks} coupling blocks, {n_clips} clips of 158 x {frames}, "
-        f"{config.epochs} epochs, on {torch_device}"
+        f"{config.n_blocks} coupling blocks, {n_clips} clips of 158 x {frames} "
+        f"(hop {feature_config.hop_length}), {config.epochs} epochs, on {torch_device}"
     )
     print(f"  encoder pass (once)          {encode_s:9.2f} s   bank {result['bank_gb']:.3f} GB")
     print(
         f"  training                     {train_s:9.2f} s   {result['fibers_per_s']:,.0f} fibers/s"
     )
+    print(f"  training per clip and epoch  {result['train_ms_per_clip']:9.2f} ms")
     print(f"  fit in all                   {fit_s:9.2f} s")
     print(f"  scoring                      {result['score_clips_per_s']:9.2f} clips/s")
     if naive or full:

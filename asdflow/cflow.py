@@ -89,7 +89,7 @@ __all__ = [
 #: Version of the layout of the files written by :meth:`CFlowDetector.save`.
 #: Bump it whenever the layout changes; :meth:`CFlowDetector.load` refuses
 #: files of any other version.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 _FILE_KIND = "asdflow.cflow.CFlowDetector"
 _CHECKPOINT_KIND = "asdflow.cflow.checkpoint"
@@ -133,6 +133,10 @@ class CFlowConfig:
     weights : str
         ``"imagenet"`` (report), ``"random"`` (seeded with ``encoder_seed``)
         or the path of a state-dict file for the backbone.
+    padding : {"reflect", "zeros"}
+        Padding of the encoder's 7 x 7 and 3 x 3 convolutions: ``"reflect"``
+        (CFLOW-AD's encoder, the default) or ``"zeros"`` (torchvision's).
+        Reflect padding needs images of at least 33 rows and frames.
     encoder_seed : int
         Seed of the encoder's random weights when ``weights="random"``.
     n_blocks : int
@@ -150,9 +154,9 @@ class CFlowConfig:
         25 "meta epochs" of 8 "sub epochs" (200 passes over the MVTec
         images); the report does not give its count but states 9 minutes of
         training per machine type on average. One pass over a DCASE machine
-        type (1000 clips, 2080 fibers each with WideResNet-50-2) is 8125
-        steps of 256 fibers; asdflow takes CFLOW-AD's 25 as the number of
-        passes (about 200 000 steps). ``asdflow bench train --full`` measures
+        type (1000 clips of 10 s, 1050 fibers each with WideResNet-50-2 at
+        hop 512) is about 4100 steps of 256 fibers; asdflow takes CFLOW-AD's
+        25 as the number of passes (about 103 000 steps). ``asdflow bench train --full`` measures
         what that costs on a given GPU.
     warmup_epochs : float
         Length of the linear warm-up from ``lr / 10`` to ``lr`` (CFLOW-AD: 2).
@@ -199,6 +203,7 @@ class CFlowConfig:
 
     backbone: str = "wide_resnet50_2"
     weights: str = "imagenet"
+    padding: str = "reflect"
     encoder_seed: int = 0
     n_blocks: int = 8
     clamp: float = 1.9
@@ -219,12 +224,13 @@ class CFlowConfig:
     positional_encoding: bool = True
 
     def __post_init__(self) -> None:
-        from asdflow.encoder import BACKBONES
+        from asdflow.encoder import BACKBONES, PADDINGS
 
         owner = "CFlowConfig"
         checked: dict[str, Any] = {
             "backbone": storage.one_of(owner, "backbone", self.backbone, sorted(BACKBONES)),
             "weights": _weights_setting(self.weights),
+            "padding": storage.one_of(owner, "padding", self.padding, PADDINGS),
             "encoder_seed": storage.whole_number(owner, "encoder_seed", self.encoder_seed, 0),
             "n_blocks": storage.whole_number(owner, "n_blocks", self.n_blocks),
             "clamp": storage.real_number(owner, "clamp", self.clamp, low=0, low_open=True),
@@ -536,7 +542,7 @@ def probability_map(
     scale_max : sequence of float
         The constant subtracted at each scale (:class:`ScoreConstants`).
     size : (int, int)
-        Image size ``(rows, frames)``, e.g. ``(158, 626)``.
+        Image size ``(rows, frames)``, e.g. ``(158, 313)``.
 
     Returns
     -------
@@ -679,9 +685,10 @@ def _size_batches(images: Sequence[np.ndarray], batch: int) -> Iterator[list[int
 class FiberBank:
     """The encoder pyramid of the training images, stored as fibers.
 
-    Memory: with WideResNet-50-2 and 1000 images of 158 x 626 the pyramid
-    holds 1000 x (512 x 20 x 79 + 1024 x 10 x 40 + 2048 x 5 x 20) = 1.42e9
-    values: 5.7 GB in float32, 2.85 GB in float16. The bank keeps float16
+    Memory: with WideResNet-50-2 and 1000 images of 158 x 313 (10 s at hop
+    512) the pyramid holds 1000 x (512 x 20 x 40 + 1024 x 10 x 20 + 2048 x
+    5 x 10) = 7.2e8 values: 2.9 GB in float32, 1.4 GB in float16 (twice
+    that at hop 256). The bank keeps float16
     (relative rounding error below 5e-4, far below the spread of the
     features), on the GPU when it fits in half the free GPU memory, else in
     CPU memory (the training loop then gathers each batch of 256 fibers on
@@ -880,6 +887,7 @@ def _build_encoder(config: CFlowConfig, *, progress: bool = False) -> nn.Module:
     return Encoder(
         backbone=config.backbone,
         weights=config.weights,
+        padding=config.padding,
         seed=config.encoder_seed,
         progress=progress,
     )

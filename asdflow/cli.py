@@ -76,10 +76,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.what == "features":
         bench.bench_features(
-            n_clips=args.clips or 32, seconds=args.seconds or 10.0, n_jobs=args.jobs
+            n_clips=args.clips or 32,
+            seconds=args.seconds or 10.0,
+            n_jobs=args.jobs,
+            hop_length=args.hop,
         )
         return 0
-    bench.bench_train(full=args.full, n_clips=args.clips, seconds=args.seconds, epochs=args.epochs)
+    bench.bench_train(
+        full=args.full,
+        n_clips=args.clips,
+        seconds=args.seconds,
+        epochs=args.epochs,
+        hop_length=args.hop,
+    )
     return 0
 
 
@@ -106,7 +115,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         return "\n\n".join(blocks)
 
 
-_SMALLEST = {"seed": 0, "seeds": 0, "threads": 1, "jobs": 1, "epochs": 1, "clips": 1}
+_SMALLEST = {"seed": 0, "seeds": 0, "threads": 1, "jobs": 1, "epochs": 1, "clips": 1, "hop": 1}
 """The smallest value each whole-number option takes (seeds: numpy refuses negative ones)."""
 
 
@@ -401,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train: real size (1000 clips of 10 s, WideResNet-50-2; for a GPU)",
     )
     p.add_argument("--epochs", type=int, default=None, help="train: epochs (quick 5, full 25)")
+    p.add_argument(
+        "--hop",
+        type=int,
+        default=None,
+        help="STFT hop in samples that sets the image width (default 512; 256 doubles it)",
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

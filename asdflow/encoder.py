@@ -18,6 +18,20 @@ ImageNet weights are torchvision's ``IMAGENET1K_V1`` (the weights of the
 original ``pretrained=True`` that CFLOW-AD loads), fetched once into
 torch's hub cache (``$TORCH_HOME/hub/checkpoints``, by default
 ``~/.cache/torch/hub/checkpoints``).
+
+**Padding.** CFLOW-AD does not run torchvision's network as it is: its
+``custom_models/resnet.py`` copies it with ``padding_mode="reflect"`` on the
+7 x 7 stem convolution and on every 3 x 3 convolution (the 1 x 1
+convolutions have no padding and the max-pool keeps its own), then loads the
+same ImageNet weights. Zero padding surrounds the image with a frame of
+zeros, which after the row standardisation means "the average value of
+every row": the border positions of every map see that frame. Reflect
+padding mirrors the image at its borders instead. The report used CFLOW-AD,
+so ``padding="reflect"`` is the default; ``"zeros"`` gives torchvision's
+network. The choice only matters near the borders, but a 158-row image has
+5 rows at ``layer4``, 2 of them on the border. Reflect padding needs at
+least two positions at ``layer4``: images of at least
+:data:`MIN_REFLECT_SIZE` (33) rows and frames.
 """
 
 from __future__ import annotations
@@ -30,7 +44,15 @@ from torch import Tensor, nn
 
 from asdflow.errors import ModelError, ParameterError
 
-__all__ = ["Encoder", "BACKBONES", "STRIDES", "imagenet_url", "weights_cache_path"]
+__all__ = [
+    "Encoder",
+    "BACKBONES",
+    "STRIDES",
+    "PADDINGS",
+    "MIN_REFLECT_SIZE",
+    "imagenet_url",
+    "weights_cache_path",
+]
 
 #: Channels of the layer2, layer3 and layer4 outputs of each supported backbone.
 BACKBONES: dict[str, tuple[int, int, int]] = {
@@ -40,6 +62,14 @@ BACKBONES: dict[str, tuple[int, int, int]] = {
 
 #: Down-sampling factor of the layer2, layer3 and layer4 outputs.
 STRIDES: tuple[int, int, int] = (8, 16, 32)
+
+#: Padding modes of the encoder's 7 x 7 and 3 x 3 convolutions: CFLOW-AD's and torchvision's.
+PADDINGS: tuple[str, str] = ("reflect", "zeros")
+
+#: Smallest image side that reflect padding allows. A reflected border needs
+#: more positions than it is wide: the 3 x 3 convolutions of ``layer4`` pad by
+#: one, so ``layer4`` needs 2 positions, ``ceil(n / 32) >= 2``, ``n >= 33``.
+MIN_REFLECT_SIZE: int = 33
 
 #: Modules of a torchvision ResNet that the encoder keeps, in order.
 _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -129,6 +159,19 @@ def _random_init(network: nn.Module, seed: int) -> None:
             module.reset_parameters()
 
 
+def _set_padding(network: nn.Module, padding: str) -> None:
+    """Pad every convolution wider than 1 x 1 with ``padding`` (CFLOW-AD: "reflect").
+
+    The stem's 7 x 7 convolution and every 3 x 3 convolution pad their
+    input; the 1 x 1 convolutions do not. ``nn.Conv2d`` keeps its padding
+    widths whatever the mode, and pads with ``padding_mode`` in its forward
+    pass, so only the mode changes here (not the weights).
+    """
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
+            module.padding_mode = padding
+
+
 class Encoder(nn.Module):
     """A frozen ResNet that turns an image into a three-scale feature pyramid.
 
@@ -137,10 +180,11 @@ class Encoder(nn.Module):
     ``.train()`` on it, or on a module that contains it, leaves it in eval
     mode.
 
-    For a 158 x 626 feature image (a 10 s clip) the outputs are, measured:
+    For a 158 x 313 feature image (a 10 s clip at hop 512) the outputs are,
+    measured:
 
-    - ``wide_resnet50_2``: (B, 512, 20, 79), (B, 1024, 10, 40), (B, 2048, 5, 20);
-    - ``resnet18``: (B, 128, 20, 79), (B, 256, 10, 40), (B, 512, 5, 20).
+    - ``wide_resnet50_2``: (B, 512, 20, 40), (B, 1024, 10, 20), (B, 2048, 5, 10);
+    - ``resnet18``: (B, 128, 20, 40), (B, 256, 10, 20), (B, 512, 5, 10).
 
     Every stride-2 stage maps a side of length ``n`` to ``ceil(n / 2)``;
     :meth:`output_sizes` gives the sizes without running the network.
@@ -157,6 +201,10 @@ class Encoder(nn.Module):
         reporting results; see :func:`_random_init`). A path: a local file written by
         ``torch.save(model.state_dict(), path)`` for the same backbone
         (keys of the classifier ``fc`` are ignored).
+    padding : {"reflect", "zeros"}
+        How the 7 x 7 and 3 x 3 convolutions pad their input: ``"reflect"``
+        (CFLOW-AD's encoder, the default) or ``"zeros"`` (torchvision's).
+        The weights are the same either way.
     seed : int
         Seed of the random initialisation (used when ``weights="random"``).
     progress : bool
@@ -167,6 +215,7 @@ class Encoder(nn.Module):
     backbone : str
     weights : str
         ``"imagenet"``, ``"random"`` or the path as a string.
+    padding : str
     channels : tuple of int
         Channels of the three outputs.
     strides : tuple of int
@@ -175,7 +224,7 @@ class Encoder(nn.Module):
     Raises
     ------
     ParameterError
-        Unknown backbone.
+        Unknown backbone or padding.
     ModelError
         ImageNet weights neither cached nor downloadable;
         unreadable weights file or one that does not fit the backbone.
@@ -185,8 +234,8 @@ class Encoder(nn.Module):
     >>> import torch
     >>> from asdflow.encoder import Encoder
     >>> encoder = Encoder("resnet18", weights="random")
-    >>> [tuple(f.shape) for f in encoder(torch.zeros(1, 3, 158, 126))]
-    [(1, 128, 20, 16), (1, 256, 10, 8), (1, 512, 5, 4)]
+    >>> [tuple(f.shape) for f in encoder(torch.zeros(1, 3, 158, 63))]
+    [(1, 128, 20, 8), (1, 256, 10, 4), (1, 512, 5, 2)]
     """
 
     def __init__(
@@ -194,6 +243,7 @@ class Encoder(nn.Module):
         backbone: str = "wide_resnet50_2",
         weights: str | os.PathLike[str] = "imagenet",
         *,
+        padding: str = "reflect",
         seed: int = 0,
         progress: bool = True,
     ) -> None:
@@ -201,7 +251,12 @@ class Encoder(nn.Module):
         from torchvision.models import get_model
 
         _check_backbone(backbone)
+        if padding not in PADDINGS:
+            raise ParameterError(
+                f"unknown padding {padding!r}; choose 'reflect' (CFLOW-AD) or 'zeros' (torchvision)"
+            )
         self.backbone = backbone
+        self.padding = padding
         self.channels: tuple[int, int, int] = BACKBONES[backbone]
         self.strides: tuple[int, int, int] = STRIDES
 
@@ -216,6 +271,7 @@ class Encoder(nn.Module):
         network = get_model(backbone, weights=None)
         if state is None:
             _random_init(network, seed)
+        _set_padding(network, padding)
         for name in _TRUNK:
             self.add_module(name, getattr(network, name))
 
@@ -236,7 +292,10 @@ class Encoder(nn.Module):
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"backbone={self.backbone!r}, weights={self.weights!r}, frozen"
+        return (
+            f"backbone={self.backbone!r}, weights={self.weights!r}, padding={self.padding!r}, "
+            "frozen"
+        )
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> list[Tensor]:
@@ -259,6 +318,13 @@ class Encoder(nn.Module):
             raise ModelError(
                 f"expected images of shape (B, 3, H, W), got {tuple(x.shape)}; "
                 "repeat a one-channel image on three channels"
+            )
+        if self.padding == "reflect" and min(x.shape[2:]) < MIN_REFLECT_SIZE:
+            raise ModelError(
+                f"an image of {x.shape[2]} rows x {x.shape[3]} frames is too small for the "
+                f"reflect-padded encoder, which needs at least {MIN_REFLECT_SIZE} of each "
+                "(two positions at layer4). Fix: use longer clips (33 frames are 1.06 s at "
+                "hop 512) or more rows, or padding='zeros'"
             )
         for name in ("conv1", "bn1", "relu", "maxpool", "layer1"):
             x = getattr(self, name)(x)

@@ -492,12 +492,13 @@ def test_quick_cflow_separates_anomalies_on_the_synthetic_factory(factory, tmp_p
 def test_bench_train_reports_consistent_figures(capsys):
     from asdflow.bench import bench_train
 
-    result = bench_train(n_clips=13, seconds=2.0, epochs=1, device="cpu")
-    assert result["epochs"] == 1 and result["n_clips"] == 13 and result["frames"] == 126
+    result = bench_train(n_clips=26, seconds=2.0, epochs=1, device="cpu")
+    assert result["epochs"] == 1 and result["n_clips"] == 26 and result["frames"] == 63
     assert result["fit_s"] >= result["encode_s"] + result["train_s"]
-    # 13 images of 158 x 126 with ResNet-18: (320 + 80 + 20) fibers each, whole batches of 256
-    fibers_per_epoch = sum(n - n % 256 for n in (13 * 320, 13 * 80, 13 * 20))
+    # 26 images of 158 x 63 with ResNet-18: (160 + 40 + 10) fibers each, whole batches of 256
+    fibers_per_epoch = sum(n - n % 256 for n in (26 * 160, 26 * 40, 26 * 10))
     assert result["fibers_per_s"] == pytest.approx(fibers_per_epoch / result["train_s"])
+    assert result["train_ms_per_clip"] == pytest.approx(1000 * result["train_s"] / 26)
     assert result["ratio"] == pytest.approx(
         result["naive_s"] / (result["encode_s"] + result["train_s"])
     )

@@ -14,7 +14,7 @@ import torch
 from asdflow import cli, data, evaluation, experiment
 
 MACHINE = "valve"
-TINY_CFLOW = ["--epochs", "1", "--set", "n_blocks=1", "--set", "fiber_batch=512"]
+TINY_CFLOW = ["--epochs", "1", "--set", "n_blocks=1", "--set", "fiber_batch=384"]
 TINY_AE = ["--epochs", "1", "--set", "batch_size=256"]
 
 
@@ -74,7 +74,7 @@ def test_train_prints_next_step_and_records_the_run(runs, factory):
     assert (info.model, info.machine, info.mode, info.seed) == ("cflow", MACHINE, "quick", 0)
     assert (info.config["n_blocks"], info.config["fiber_batch"], info.config["epochs"]) == (
         1,
-        512,
+        384,
         1,
     )
     assert experiment.read_run_info(runs["ae1"]).config["seed"] == 1
@@ -217,7 +217,7 @@ def test_reproduce_resumes_and_does_nothing_the_second_time(factory, tmp_path, c
     out = tmp_path / "reproduce"
     argv = [
         "reproduce", factory, "--quick", "--machines", MACHINE, "--seeds", "0", "--out", out,
-        "--epochs", "1", "--set", "cflow.n_blocks=1", "--set", "cflow.fiber_batch=512",
+        "--epochs", "1", "--set", "cflow.n_blocks=1", "--set", "cflow.fiber_batch=384",
         "--set", "ae.batch_size=256",
     ]  # fmt: skip
     code, first, _ = run(capsys, *argv)
@@ -259,7 +259,7 @@ def test_demo_prints_the_data_then_both_detectors_side_by_side(tmp_path, capsys,
         synth, "QUICK_FACTORY", {**synth.QUICK_FACTORY, **small, "n_test_per_domain": 2}
     )
     reproduce = experiment.reproduce
-    tiny = {"cflow.n_blocks": 1, "cflow.fiber_batch": 256, "ae.batch_size": 256}
+    tiny = {"cflow.n_blocks": 1, "cflow.fiber_batch": 128, "ae.batch_size": 256}
     monkeypatch.setattr(
         experiment,
         "reproduce",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,22 +49,75 @@ def test_pyramid_channels_strides_and_shapes(resnet18, image):
         assert torch.isfinite(feature).all()
 
 
-@pytest.mark.parametrize(("height", "width"), [(158, 626), (158, 126), (33, 65), (32, 32)])
+@pytest.mark.parametrize(("height", "width"), [(158, 313), (158, 626), (158, 63), (33, 65)])
 def test_output_sizes_match_the_network(resnet18, height, width):
     features = resnet18(torch.zeros(1, 3, height, width))
     assert [tuple(f.shape[2:]) for f in features] == resnet18.output_sizes(height, width)
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (158, 20), (12, 158)])
+def test_zero_padding_takes_any_size(height, width):
+    zeros = Encoder("resnet18", "random", padding="zeros")
+    features = zeros(torch.zeros(1, 3, height, width))
+    assert [tuple(f.shape[2:]) for f in features] == zeros.output_sizes(height, width)
+
+
+def test_reflect_padding_needs_two_layer4_positions_and_says_so(resnet18):
+    assert resnet18.padding == "reflect"  # CFLOW-AD's encoder
+    assert resnet18.output_sizes(33, 33)[2] == (2, 2)
+    resnet18(torch.zeros(1, 3, 33, 33))  # the smallest size that works
+    for size in [(32, 158), (158, 32)]:
+        with pytest.raises(ModelError, match=r"at least 33 .*padding='zeros'"):
+            resnet18(torch.zeros(1, 3, *size))
+    # without the check, torch itself refuses to reflect a border wider than the map
+    conv = resnet18.layer4[1].conv1
+    with pytest.raises(RuntimeError):
+        conv(torch.zeros(1, 512, 1, 5))
+
+
+def test_reflect_padding_is_on_the_stem_and_every_3x3_convolution_only():
+    for backbone in BACKBONES:
+        network = Encoder(backbone, "random", padding="reflect")
+        convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv2d)]
+        modes = {(m.kernel_size, m.padding_mode) for m in convs}
+        assert modes == {((7, 7), "reflect"), ((3, 3), "reflect"), ((1, 1), "zeros")}
+        assert sum(m.kernel_size == (3, 3) for m in convs) == 16  # one or two per residual block
+    zeros = Encoder("resnet18", "random", padding="zeros")
+    assert {m.padding_mode for m in zeros.modules() if isinstance(m, torch.nn.Conv2d)} == {"zeros"}
+    assert "padding='reflect'" in repr(Encoder("resnet18", "random"))
+    with pytest.raises(ParameterError, match="padding"):
+        Encoder("resnet18", "random", padding="circular")
+
+
+def test_reflect_stem_pads_with_the_mirrored_image(resnet18, image):
+    # The stem by hand: mirror 3 pixels on each side, then an unpadded 7 x 7 convolution.
+    mirrored = torch.nn.functional.pad(image, (3, 3, 3, 3), mode="reflect")
+    by_hand = torch.nn.functional.conv2d(mirrored, resnet18.conv1.weight, stride=2)
+    with torch.no_grad():
+        # the same float32 products summed in the same kernel: identical results
+        assert torch.equal(resnet18.conv1(image), by_hand)
+
+
+def test_padding_changes_the_border_of_the_maps_most(resnet18):
+    # Same weights, two paddings: the difference is born at the borders and spreads
+    # inwards with the receptive field, so the border rows of layer2 change most.
+    zeros = Encoder("resnet18", "random", seed=0, padding="zeros")
+    x = torch.randn(1, 3, 158, 63, generator=torch.Generator().manual_seed(1))
+    a, b = resnet18(x)[0][0], zeros(x)[0][0]  # (C, 20, 8)
+    change = ((a - b).abs().mean(dim=(0, 2)) / b.abs().mean(dim=(0, 2))).numpy()
+    assert min(change[0], change[-1]) > 2 * float(np.median(change[1:-1]))
 
 
 @pytest.mark.slow
 def test_wide_resnet_pyramid_of_a_ten_second_feature_image():
     wide = Encoder("wide_resnet50_2", "random", seed=0)
     assert wide.channels == (512, 1024, 2048)
-    features = wide(torch.randn(1, 3, 158, 626))
-    # DESIGN section 4: about 20 x 79, 10 x 40, 5 x 20 at strides 8, 16, 32.
+    features = wide(torch.randn(1, 3, 158, 313))
+    # DESIGN section 4: 20 x 40, 10 x 20, 5 x 10 at strides 8, 16, 32 (10 s at hop 512).
     assert [tuple(f.shape) for f in features] == [
-        (1, 512, 20, 79),
-        (1, 1024, 10, 40),
-        (1, 2048, 5, 20),
+        (1, 512, 20, 40),
+        (1, 1024, 10, 20),
+        (1, 2048, 5, 10),
     ]
 
 
@@ -114,7 +168,7 @@ def test_full_torchvision_state_dict_loads_without_its_classifier(tmp_path, imag
     network = resnet18().eval()
     path = tmp_path / "full.pth"
     torch.save(network.state_dict(), path)
-    loaded = Encoder("resnet18", str(path))
+    loaded = Encoder("resnet18", str(path), padding="zeros")  # torchvision's network as it is
     x = image
     for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3"):
         x = getattr(network, name)(x)

@@ -104,14 +104,39 @@ def test_row_groups_tile_the_158_rows_in_design_order() -> None:
 def test_shape_dtype_and_frame_count(rng: np.random.Generator, n: int) -> None:
     y = (0.1 * rng.standard_normal(n)).astype(np.float32)
     image = feature_image(y)
-    assert image.shape == (158, 1 + n // 256) == (158, CONFIG.n_frames(n))
+    assert image.shape == (158, 1 + n // 512) == (158, CONFIG.n_frames(n))
     assert image.dtype == np.float32
     assert np.isfinite(image).all()
 
 
-def test_ten_second_clip_gives_158_by_626() -> None:
-    assert CONFIG.n_frames(10 * SR) == 626
-    assert FeatureConfig(n_samples=12 * SR).n_frames(5) == 751
+def test_ten_second_clip_gives_158_by_313() -> None:
+    assert CONFIG.hop_length == 512
+    assert CONFIG.n_frames(10 * SR) == 313
+    assert FeatureConfig(n_samples=12 * SR).n_frames(5) == 376
+    # hop 256, the variant: twice the frames
+    assert FeatureConfig(hop_length=256).n_frames(10 * SR) == 626
+
+
+def test_default_hop_is_that_of_every_librosa_feature_called_without_one() -> None:
+    # The report names librosa and the 64 ms window, not the hop. librosa's feature
+    # functions fall back on hop_length=512; only librosa.stft defaults to n_fft // 4.
+    import inspect
+
+    for function in (
+        librosa.feature.melspectrogram,
+        librosa.feature.chroma_cqt,
+        librosa.feature.spectral_contrast,
+        librosa.feature.rms,
+        librosa.feature.spectral_centroid,
+        librosa.feature.spectral_bandwidth,
+        librosa.feature.spectral_flatness,
+        librosa.feature.zero_crossing_rate,
+    ):
+        hop = inspect.signature(function).parameters["hop_length"].default
+        assert hop == CONFIG.hop_length, function.__name__
+    # tonnetz has no hop of its own: it hands it to chroma_cqt (above)
+    assert "hop_length" not in inspect.signature(librosa.feature.tonnetz).parameters
+    assert inspect.signature(librosa.stft).parameters["hop_length"].default is None
 
 
 @pytest.mark.filterwarnings("ignore:n_fft=.* is too large:UserWarning")
@@ -121,9 +146,10 @@ def test_each_group_equals_its_standalone_librosa_call(
 ) -> None:
     y = SIGNALS[signal](rng)
     image = feature_image(y)
-    stft = {"n_fft": 1024, "hop_length": 256, "window": "hann"}
+    # No hop given: librosa's own default (512), which is asdflow's default too.
+    stft = {"n_fft": 1024, "window": "hann"}
     mel = librosa.feature.melspectrogram(y=y, sr=SR, n_mels=128, **stft)
-    chroma = librosa.feature.chroma_cqt(y=y, sr=SR, hop_length=256)
+    chroma = librosa.feature.chroma_cqt(y=y, sr=SR)
     # The standalone calls run the same operations on the same float32 waveform
     # (one STFT, the same sums, in the same order, on this machine): the results
     # differ only by the final rounding to float32 of the image (centroid and
@@ -132,7 +158,7 @@ def test_each_group_equals_its_standalone_librosa_call(
         "mel": librosa.power_to_db(mel),  # dB
         "chroma": chroma,
         "contrast": librosa.feature.spectral_contrast(y=y, sr=SR, **stft),  # dB
-        "tonnetz": librosa.feature.tonnetz(y=y, sr=SR, hop_length=256),
+        "tonnetz": librosa.feature.tonnetz(y=y, sr=SR),
         "centroid": librosa.feature.spectral_centroid(y=y, sr=SR, **stft),  # Hz
         "bandwidth": librosa.feature.spectral_bandwidth(y=y, sr=SR, **stft),
         "flatness": librosa.feature.spectral_flatness(y=y, **stft),
@@ -143,7 +169,7 @@ def test_each_group_equals_its_standalone_librosa_call(
             image[ROW_GROUPS[name]], reference, rtol=0, atol=atol, err_msg=name
         )
     # a count of sign changes: exact
-    zcr = librosa.feature.zero_crossing_rate(y, frame_length=1024, hop_length=256)
+    zcr = librosa.feature.zero_crossing_rate(y, frame_length=1024)
     np.testing.assert_array_equal(image[ROW_GROUPS["zcr"]], zcr)
 
 
@@ -153,7 +179,7 @@ def test_rms_row_is_the_rms_of_hann_windowed_frames(rng: np.random.Generator) ->
     y = _tone_in_noise(rng)
     image = feature_image(y)
     padded = np.pad(y.astype(np.float64), 512)
-    frames = librosa.util.frame(padded, frame_length=1024, hop_length=256)
+    frames = librosa.util.frame(padded, frame_length=1024, hop_length=CONFIG.hop_length)
     window = librosa.filters.get_window("hann", 1024, fftbins=True)[:, None]
     windowed = np.sqrt(np.mean((window * frames) ** 2, axis=0))
     # float32 STFT, then a float32 sum of the squares of its N_BINS bins (Parseval);
@@ -167,7 +193,7 @@ def test_rms_row_of_stationary_noise_is_sqrt_3_8_of_the_waveform_rms(
 ) -> None:
     y = rng.standard_normal(4 * SR).astype(np.float32)
     ours = feature_image(y)[ROW_GROUPS["rms"]][0, 4:-4]  # frames away from the zero padding
-    waveform = librosa.feature.rms(y=y, frame_length=1024, hop_length=256)[0, 4:-4]
+    waveform = librosa.feature.rms(y=y, frame_length=1024, hop_length=CONFIG.hop_length)[0, 4:-4]
     # mean of the periodic Hann window squared is exactly 3/8
     assert np.median(ours / waveform) == pytest.approx(np.sqrt(3 / 8), rel=0.01)
 
@@ -229,7 +255,7 @@ def test_stereo_array_is_refused() -> None:
 def test_degenerate_clips_give_finite_images(rng: np.random.Generator, make) -> None:
     y = make(_tone_in_noise(rng, seconds=1.0)).astype(np.float32)
     image = feature_image(y)
-    assert image.shape == (158, 63)
+    assert image.shape == (158, 32)
     assert np.isfinite(image).all()
 
 
@@ -253,7 +279,7 @@ def test_length_policy_crops_and_repeats(rng: np.random.Generator) -> None:
     longer = FeatureConfig(n_samples=20000)
     repeated = np.concatenate([y, y[:4000]])
     np.testing.assert_array_equal(feature_image(y, longer), feature_image(repeated))
-    assert feature_image(y[:3000], longer).shape == (158, 1 + 20000 // 256)
+    assert feature_image(y[:3000], longer).shape == (158, 1 + 20000 // 512)
 
 
 def test_config_refuses_a_length_below_one_window() -> None:
@@ -493,11 +519,11 @@ def test_changed_config_is_recomputed(clips, tmp_path, count_computations) -> No
     small = FeatureConfig(n_mels=64)
     images = extract(clips, small, cache=cache, n_jobs=1, progress=False)
     assert len(count_computations) == 6
-    assert images[0].shape == (94, 63) == (small.n_rows, 63)
+    assert images[0].shape == (94, 32) == (small.n_rows, 32)
     assert len(_entries(cache)) == 6  # both configurations stay cached
     padded = dataclasses.replace(CONFIG, n_samples=20000)
     with pytest.warns(UserWarning, match=r"3 of 3 clips were shorter .* were repeated"):
-        assert extract(clips, padded, cache=cache, n_jobs=1, progress=False)[0].shape == (158, 79)
+        assert extract(clips, padded, cache=cache, n_jobs=1, progress=False)[0].shape == (158, 40)
     assert len(count_computations) == 9
 
 
@@ -583,7 +609,7 @@ def test_plot_labels_every_row_group(training_images, per_row: bool) -> None:
     ax = plot_feature_image(image, title="one clip", per_row=per_row)
     assert [tick.get_text() for tick in ax.get_yticklabels()] == list(ROW_GROUPS)
     assert ax.get_title() == "one clip"
-    seconds = image.shape[1] * 256 / SR
+    seconds = image.shape[1] * CONFIG.hop_length / SR
     assert abs(ax.get_xlim()[1] - seconds) <= tolerance(np.float64, seconds, terms=4)
     plt.close(ax.figure)
     with pytest.raises(ValueError, match="158 rows"):
@@ -627,7 +653,7 @@ def test_cli_features_pads_to_the_nominal_length(tmp_path, rng, monkeypatch, cap
     with pytest.warns(UserWarning, match=r"1 of 4 clips was longer .*; 1 was shorter"):
         assert main(["features", str(tmp_path / "data"), "--jobs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "fan: 4 clips, images 158 x 63 (nominal length 1 s)" in out
+    assert "fan: 4 clips, images 158 x 32 (nominal length 1 s)" in out
     entries = _entries(tmp_path / "cache" / "features")
     assert len(entries) == 4
-    assert {np.load(entry).shape for entry in entries} == {(158, 63)}
+    assert {np.load(entry).shape for entry in entries} == {(158, 32)}

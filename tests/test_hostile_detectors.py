@@ -25,7 +25,9 @@ from asdflow.errors import ModelError, ParameterError
 from asdflow.files import TEMP_SUFFIX
 
 SR = 16000
-# Tiny: 1-s clips give 158 x 63 feature images, i.e. 160 + 40 + 10 fibers each with ResNet-18.
+N = 2 * SR  # samples per clip
+# Tiny: 2-s clips give 158 x 63 feature images (hop 512), i.e. 160 + 40 + 10 fibers each with
+# ResNet-18 (1-s clips, 32 frames, are too narrow for the reflect-padded encoder).
 TINY = CFlowConfig.quick(n_blocks=1, epochs=1, fiber_batch=32, lr=1e-3, aggregation="max")
 TINY_AE = AEConfig.quick(epochs=2, batch_size=32)
 
@@ -42,18 +44,18 @@ def one_thread():
 def _write_clips(
     root: Path, machine: str, count: int, *, silent: bool = False, seed: int = 0
 ) -> list[Clip]:
-    """``count`` 1-s training clips of ``machine`` in the DCASE layout under ``root``."""
+    """``count`` 2-s training clips of ``machine`` in the DCASE layout under ``root``."""
     folder = root / "dev_data" / "raw" / machine / "train"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    t = np.arange(SR) / SR
+    t = np.arange(N) / SR
     clips = []
     for i in range(count):
         if silent:
-            y = np.zeros(SR, dtype=np.float32)
+            y = np.zeros(N, dtype=np.float32)
         else:
             hum = 0.1 * np.sin(2 * np.pi * rng.normal(200, 2) * t)
-            y = (0.05 * rng.normal(size=SR) + hum).astype(np.float32)
+            y = (0.05 * rng.normal(size=N) + hum).astype(np.float32)
         path = folder / f"section_00_source_train_normal_{i:04d}_noAttribute.wav"
         sf.write(path, y, SR, subtype="FLOAT")
         clips.append(Clip(path, machine, "00", "source", "train", "normal", i))

@@ -35,8 +35,8 @@ def test_labels_the_kept_groups_in_image_order(rows, labels):
         pytest.approx(expected, rel=0, abs=tolerance("float64", expected, terms=n_rows)),
         0.0,
     )
-    # time axis in seconds: 30 frames of 256 samples at 16 kHz
-    seconds = 30 * 256 / 16000
+    # time axis in seconds: 30 frames of 512 samples (the default hop) at 16 kHz
+    seconds = 30 * 512 / 16000
     assert ax.get_xlim()[1] == pytest.approx(
         seconds, rel=0, abs=tolerance("float64", seconds, terms=30)
     )
