@@ -23,7 +23,8 @@ The pure math of step 4 lives in small functions (:func:`log_likelihood_per_dim`
 :func:`learning_rate_factor`, so that each is testable without training.
 :class:`CFlowDetector` ties them to the training loop.
 
-Two departures from the official CFLOW-AD code, both deliberate:
+Two departures from the official CFLOW-AD code, both deliberate (the full
+list, with the report's unstated choices, is in :class:`CFlowConfig`):
 
 - **Score constants from the training clips.** The official code subtracts
   the maximum log-likelihood *of the test set* before ``exp`` and takes the
@@ -125,6 +126,47 @@ class CFlowConfig:
     The defaults are full mode: the report's encoder and CFLOW-AD's decoder
     and optimiser settings. :meth:`quick` gives the small CPU settings used by
     the tests, the book and ``asdflow demo``.
+
+    **Where asdflow departs from CFLOW-AD and the report.** The decoder
+    (coupling blocks, clamp, global affine, soft permutation, sub-network),
+    the log-likelihood, the loss, the positional encoding and the optimiser
+    follow CFLOW-AD's code (a test checks the flow against FrEIA 0.2 itself,
+    in float64). The feature hop (512, librosa's feature default) and the
+    reflect-padded encoder follow what the report most likely ran. The rest
+    differs, each time on purpose:
+
+    ===================  ==============================  ====================================
+    what                 CFLOW-AD / report               asdflow, and why
+    ===================  ==============================  ====================================
+    score constants      maxima over the *test* set: a   maxima over the training clips,
+                         clip's score depends on the     frozen by :meth:`CFlowDetector.fit`:
+                         clips scored with it, and the   a clip's score is its own; the
+                         constants re-weight the scales  scales are weighted by training data
+    encoder passes       re-run on every image batch of  once per clip; the pyramid is kept
+                         every sub-epoch, in float32     as a float16 :class:`FiberBank`
+                                                         (relative rounding < 5e-4)
+    training length      25 meta-epochs x 8 sub-epochs;  ``epochs`` (25) passes over all
+                         fibers shuffled within a batch  fibers of all clips, shuffled across
+                         of images                       clips; the report gives no count
+    input image          resized to 256 x 256, ImageNet  the 158-row image as it is (the
+                         mean and std, random rotation   report: 158 rows, width from the
+                         up to 5 degrees in training     duration), rows standardised by
+                                                         :class:`~asdflow.features.RowStats`;
+                                                         no rotation (it would mix rows)
+    precision            float32                         bfloat16 autocast for the decoders
+                                                         on CUDA (``mixed_precision``);
+                                                         float32 on CPUs and for scoring
+    FrEIA clamp          0.2 (PyPI, CFLOW-AD's tested    ``clamp * tanh(0.1 a)`` as in 0.2;
+                         commit): ``1.9 tanh(0.1 a)``;   master's form is the same family
+                         master since 2023:              with another scale of ``a``
+                         ``1.9 tanh(0.1 a / 1.9)``
+    threshold            the report's "adaptive          the DCASE baseline's: a gamma fit to
+                         threshold", not specified       training scores, its 0.9 quantile
+    ===================  ==============================  ====================================
+
+    Quick mode (:meth:`quick`) departs further, for a CPU and no download:
+    random ResNet-18, 4 blocks, 3 epochs, whitened fibers, mean score. The
+    book's chapter 4 measures what can be measured of these in quick mode.
 
     Parameters
     ----------

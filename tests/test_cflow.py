@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -181,8 +182,9 @@ def test_config_defaults_follow_cflow_ad_and_quick_is_small():
         1.9,
     )
     assert (full.fiber_batch, full.lr, full.min_lr_factor, full.cond_dim) == (256, 2e-4, 1e-3, 128)
+    assert full.padding == "reflect"  # CFLOW-AD's encoder pads by reflection
     quick = CFlowConfig.quick()
-    assert (quick.backbone, quick.weights) == ("resnet18", "random")
+    assert (quick.backbone, quick.weights, quick.padding) == ("resnet18", "random", "reflect")
     assert quick.epochs < full.epochs
     assert CFlowConfig.quick(epochs=2).epochs == 2
 
@@ -206,6 +208,7 @@ def test_config_defaults_follow_cflow_ad_and_quick_is_small():
         ({"weights": 3}, "weights must be 'imagenet', 'random' or the path"),
         ({"seed": -1}, "seed must be a whole number >= 0, got -1"),
         ({"features": "mel"}, "features must be None, a FeatureConfig or a dict"),
+        ({"padding": "circular"}, "padding must be one of 'reflect', 'zeros', got 'circular'"),
     ],
 )
 def test_config_rejects_bad_values_naming_field_value_and_range(bad, message):
@@ -335,6 +338,20 @@ def test_scores_of_clips_of_other_lengths(fitted, test_images):
     assert scores.shape == (4,) and np.all(np.isfinite(scores))
     with pytest.raises(ModelError, match="one size"):
         fitted.anomaly_maps([test_images[0], longer[0]])
+
+
+def test_padding_reaches_the_encoder_and_changes_the_scores(train_images, test_images, tmp_path):
+    config = CFlowConfig.quick(n_blocks=1, epochs=1, fiber_batch=64)
+    reflect = CFlowDetector(config, device="cpu", progress=False).fit(train_images)
+    zeros_config = dataclasses.replace(config, padding="zeros")
+    zeros = CFlowDetector(zeros_config, device="cpu", progress=False).fit(train_images)
+    assert reflect._encoder_module().padding == "reflect"
+    assert zeros._encoder_module().padding == "zeros"
+    # same weights, same decoder seed: only the padding differs, and the scores with it
+    assert not np.allclose(reflect.score(test_images), zeros.score(test_images))
+    loaded = CFlowDetector.load(zeros.save(tmp_path / "zeros.pt"), device="cpu", progress=False)
+    assert loaded.config.padding == "zeros"
+    np.testing.assert_array_equal(loaded.score(test_images), zeros.score(test_images))
 
 
 def test_save_load_gives_identical_scores(fitted, test_images, tmp_path):
