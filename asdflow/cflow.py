@@ -1684,6 +1684,44 @@ class CFlowDetector:
             )
         return scores
 
+    def log_likelihood_maps(
+        self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray
+    ) -> list[Tensor]:
+        """Per scale, the log-likelihood per dimension ``log p / C`` of every position of each clip.
+
+        These are the maps that :func:`anomaly_map` turns into an anomaly
+        map: ``anomaly_map(maps, detector.constants_, size)``, with ``size``
+        the image size (``anomaly_maps(data).shape[1:]``), gives
+        :meth:`anomaly_maps`. With other constants, e.g. fitted on a test set
+        by :func:`fit_score_constants` as the official CFLOW-AD code does,
+        they give the scores that choice would produce.
+
+        Parameters
+        ----------
+        data : sequence of Clip, or sequence of np.ndarray [shape=(rows, frames)], or np.ndarray [shape=(n, rows, frames)]
+            Clips or feature images, all of the same size.
+
+        Returns
+        -------
+        list of 3 Tensors [shape=(n, H_k, W_k), dtype=float32]
+            One map per scale (``layer2``, ``layer3``, ``layer4``), on the CPU.
+        """
+        self._check_fitted()
+        images = self._standardise(self._images(data))
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise ModelError(
+                f"log_likelihood_maps needs images of one size, got {sorted(shapes)}; "
+                "call it separately for each clip length"
+            )
+        out: list[Tensor] = []
+        for log_p, _, members in self._log_p_batches(images):
+            if not out:  # the first batch tells the map sizes
+                out = [torch.empty((len(images), *m.shape[1:]), dtype=torch.float32) for m in log_p]
+            for full, part in zip(out, log_p, strict=True):
+                full[members] = part.float().cpu()
+        return out
+
     def anomaly_maps(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Anomaly map of each clip, at the size of its feature image.
 

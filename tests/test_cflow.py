@@ -330,6 +330,23 @@ def test_anomaly_maps_shape_and_relation_to_scores(fitted, train_images, test_im
     )
 
 
+def test_log_likelihood_maps_rebuild_the_anomaly_maps(fitted, test_images):
+    maps = fitted.log_likelihood_maps(test_images)
+    size = test_images[0].shape
+    assert [tuple(m.shape) for m in maps] == [
+        (len(test_images), h, w) for h, w in [(20, 8), (10, 4), (5, 2)]
+    ]
+    # the same float32 log-likelihoods through the same functions (float64 maps that
+    # anomaly_maps rounds to float32): identical maps
+    rebuilt = anomaly_map(maps, fitted.constants_, size).numpy().astype(np.float32)
+    np.testing.assert_array_equal(rebuilt, fitted.anomaly_maps(test_images))
+    # constants fitted on these maps (the official code's test-set maxima) give other scores
+    official = fit_score_constants([(maps, size)])
+    assert official != fitted.constants_
+    with pytest.raises(ModelError, match="one size"):
+        fitted.log_likelihood_maps([test_images[0], test_images[0][:, :40]])
+
+
 def test_scores_of_clips_of_other_lengths(fitted, test_images):
     longer = _images(np.random.default_rng(5), 2, frames=96)
     scores = fitted.score([test_images[0], longer[0], test_images[1], longer[1]])
