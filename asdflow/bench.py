@@ -150,13 +150,18 @@ def _feature_like_images(n: int, frames: int, seed: int) -> list[np.ndarray]:
     ]
 
 
+#: Images per encoder pass in CFLOW-AD's training loop (its ``--batch-size`` default).
+CFLOW_AD_IMAGE_BATCH = 32
+
+
 def _naive_fit_seconds(config, images: list[np.ndarray], device) -> float:
     """Seconds of a CFLOW-AD-style loop that re-runs the encoder on every batch of every epoch.
 
     Same decoders, optimiser, fiber batch and steps as
     :meth:`asdflow.cflow.CFlowDetector.fit`; the only difference is that the
-    pyramid is recomputed from the images each epoch (16 images per encoder
-    pass, fibers shuffled within those 16), as the official training loop does.
+    pyramid is recomputed from the images each epoch (:data:`CFLOW_AD_IMAGE_BATCH`
+    images per encoder pass, fibers shuffled within them), as the official
+    training loop does.
     """
     import torch
 
@@ -173,8 +178,8 @@ def _naive_fit_seconds(config, images: list[np.ndarray], device) -> float:
     n = config.fiber_batch
     start = time.perf_counter()  # like fit's encode + train: network construction excluded
     for _ in range(config.epochs):
-        for first in range(0, len(images), 16):
-            x = torch.from_numpy(np.stack(images[first : first + 16]))
+        for first in range(0, len(images), CFLOW_AD_IMAGE_BATCH):
+            x = torch.from_numpy(np.stack(images[first : first + CFLOW_AD_IMAGE_BATCH]))
             with torch.no_grad():
                 outputs = encoder(x[:, None].expand(-1, 3, -1, -1).contiguous().to(device))
             for scale, out in enumerate(outputs):
