@@ -78,9 +78,7 @@ def bench_features(
 
     from asdflow import features
 
-    config = features.FeatureConfig()
-    if hop_length is not None:
-        config = features.FeatureConfig(hop_length=hop_length)
+    config = features.FeatureConfig(**({} if hop_length is None else {"hop_length": hop_length}))
     n_jobs = n_jobs or features._n_cores()
     clips = _machine_sounds(n_clips, seconds, config.sr, seed)
 
@@ -285,7 +283,7 @@ def bench_train(
     torch_device = _auto_device(device)
     from asdflow.features import FeatureConfig
 
-    feature_config = FeatureConfig() if hop_length is None else FeatureConfig(hop_length=hop_length)
+    feature_config = FeatureConfig(**({} if hop_length is None else {"hop_length": hop_length}))
     frames = feature_config.n_frames(int(round(seconds * feature_config.sr)))
     images = _feature_like_images(n_clips, frames, seed)
     if full and torch_device.type != "cuda":

@@ -1684,6 +1684,20 @@ class CFlowDetector:
             )
         return scores
 
+    def _one_size_images(
+        self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray, method: str
+    ) -> list[np.ndarray]:
+        """Standardised images of ``data`` for ``method``, which needs them all of one size."""
+        self._check_fitted()
+        images = self._standardise(self._images(data))
+        shapes = {im.shape for im in images}
+        if len(shapes) != 1:
+            raise ModelError(
+                f"{method} needs images of one size, got {sorted(shapes)}; "
+                "call it separately for each clip length"
+            )
+        return images
+
     def log_likelihood_maps(
         self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray
     ) -> list[Tensor]:
@@ -1706,14 +1720,7 @@ class CFlowDetector:
         list of 3 Tensors [shape=(n, H_k, W_k), dtype=float32]
             One map per scale (``layer2``, ``layer3``, ``layer4``), on the CPU.
         """
-        self._check_fitted()
-        images = self._standardise(self._images(data))
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise ModelError(
-                f"log_likelihood_maps needs images of one size, got {sorted(shapes)}; "
-                "call it separately for each clip length"
-            )
+        images = self._one_size_images(data, "log_likelihood_maps")
         out: list[Tensor] = []
         for log_p, _, members in self._log_p_batches(images):
             if not out:  # the first batch tells the map sizes
@@ -1738,14 +1745,7 @@ class CFlowDetector:
             the number of input rows (158) unless ``config.rows`` keeps only
             some row groups (:meth:`CFlowConfig.row_indices` lists them).
         """
-        self._check_fitted()
-        images = self._standardise(self._images(data))
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise ModelError(
-                f"anomaly_maps needs images of one size, got {sorted(shapes)}; "
-                "call it separately for each clip length"
-            )
+        images = self._one_size_images(data, "anomaly_maps")
         out = np.empty((len(images), *images[0].shape), dtype=np.float32)
         for log_p, size, members in self._log_p_batches(images):
             out[members] = anomaly_map(log_p, self.constants_, size).numpy()
