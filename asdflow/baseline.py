@@ -91,7 +91,7 @@ __all__ = [
 
 #: Version of the layout of the files written by :meth:`AutoencoderDetector.save`;
 #: :meth:`AutoencoderDetector.load` refuses any other.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 SCORE_MODES = ("mse", "mahalanobis")
 """The two scores of the baseline."""
@@ -103,6 +103,8 @@ _LEARNED = (
     "precision_source_",
     "precision_target_",
     "train_scores_",
+    "holdout_scores_",
+    "holdout_domains_",
     "thresholds_",
     "losses_",
     "val_losses_",
@@ -142,13 +144,19 @@ class AEConfig:
     validation_split : float
         Fraction of the training vectors held out to report a validation
         loss (0.1). As in the official code they are used neither for the
-        weights nor for the residual covariances; the threshold is fitted to
-        the scores of all training clips.
+        weights nor for the residual covariances.
     score_mode : str
         Default score, ``"mse"`` or ``"mahalanobis"``; each call of
         :meth:`AutoencoderDetector.score` may choose the other.
     threshold_quantile : float
-        Quantile of the gamma fit to the training scores (0.9).
+        Quantile of the gamma fit to the held-out scores (0.9; see
+        :func:`asdflow.calibration.domain_threshold`).
+    holdout : float
+        Share of each domain's training *clips* set aside before training
+        (:func:`asdflow.calibration.holdout_split`, seeded by ``seed``):
+        the decision thresholds are fitted to their scores, which the
+        network never saw. 0 fits them to the training clips' own scores,
+        as the official code does.
     cov_ridge : float
         Added to the diagonal of each residual covariance, relative to its
         mean variance, before inversion.
@@ -171,6 +179,7 @@ class AEConfig:
     validation_split: float = 0.1
     score_mode: str = "mse"
     threshold_quantile: float = 0.9
+    holdout: float = 0.1
     cov_ridge: float = 1e-6
     seed: int = 0
 
@@ -200,6 +209,9 @@ class AEConfig:
         checked["validation_split"] = storage.real_number(
             owner, "validation_split", self.validation_split, low=0, high=1, high_open=True
         )
+        checked["holdout"] = storage.real_number(
+            owner, "holdout", self.holdout, low=0, high=1, high_open=True
+        )
         checked["threshold_quantile"] = storage.real_number(
             owner,
             "threshold_quantile",
@@ -226,10 +238,12 @@ class AEConfig:
         zero) and Adam at lr 1e-3 needs several hundred steps to get there:
         smaller batches give a small data set enough steps. On the quick
         factory of :mod:`asdflow.synth` (44 training clips of 2 s per machine
-        type) that is about 700 steps. Keyword arguments override single
-        fields, e.g. ``AEConfig.quick(epochs=3)``.
+        type) that is about 700 steps. A quarter of the clips is held out
+        for the thresholds (``holdout=0.25``, as ``CFlowConfig.quick``).
+        Keyword arguments override single fields, e.g.
+        ``AEConfig.quick(epochs=3)``.
         """
-        settings: dict[str, Any] = {"epochs": 20, "batch_size": 64}
+        settings: dict[str, Any] = {"epochs": 20, "batch_size": 64, "holdout": 0.25}
         settings.update(changes)
         return cls(**settings)
 
@@ -503,10 +517,17 @@ class AutoencoderDetector:
     precision_source_, precision_target_ : np.ndarray [shape=(n_mels, n_mels)]
         Inverse covariances of the residual blocks of the source and target
         training clips.
-    train_scores_ : dict of str to np.ndarray [shape=(n_train,)]
-        Scores of the training clips in each mode.
+    train_scores_ : dict of str to np.ndarray [shape=(n_fit,)]
+        Scores of the clips the network was trained on, in each mode.
+    holdout_scores_ : dict of str to np.ndarray [shape=(n_held,)]
+        Scores of the held-out training clips (``config.holdout``) in each
+        mode; empty when nothing was held out.
+    holdout_domains_ : np.ndarray of str [shape=(n_held,)]
+        Their domains.
     thresholds_ : dict of str to float
-        Decision threshold of each mode (gamma fit, ``threshold_quantile``).
+        Decision threshold of each mode:
+        :func:`asdflow.calibration.domain_threshold` of the held-out scores
+        (of the training scores when nothing was held out).
     losses_, val_losses_ : list of float
         Mean training and validation MSE of each epoch (``val_losses_`` is
         empty without a validation split).
@@ -570,15 +591,9 @@ class AutoencoderDetector:
 
     @staticmethod
     def _domains(data: Sequence[Any], domains: Sequence[str] | None) -> list[str]:
-        if domains is None:
-            domains = [getattr(x, "domain", "source") for x in data]
-        domains = list(domains)
-        if len(domains) != len(data):
-            raise ParameterError(f"{len(data)} clips but {len(domains)} domains")
-        bad = sorted({d for d in domains if d not in ("source", "target")})
-        if bad:
-            raise ParameterError(f"training domains must be 'source' or 'target', got {bad}")
-        return domains
+        from asdflow.calibration import training_domains
+
+        return training_domains(data, domains)
 
     # -- training -------------------------------------------------------------
 
@@ -613,13 +628,21 @@ class AutoencoderDetector:
             non-finite loss (naming the epoch), non-finite training scores or
             thresholds, or bad inputs. Nothing learned is kept.
         """
+        from asdflow.calibration import domain_threshold, holdout_split
+
         cfg = self.config
-        items = list(data)
-        machine = storage.training_machine(items)
-        clip_domains = self._domains(items, domains)
-        vectors = self._vectors(items)
+        all_items = list(data)
+        machine = storage.training_machine(all_items)
+        all_domains = self._domains(all_items, domains)
+        fit_index, held_index = holdout_split(all_domains, cfg.holdout, cfg.seed)
+        clip_domains = [all_domains[i] for i in fit_index]
+        held_domains = np.array([all_domains[i] for i in held_index], dtype=str)
+        every_vector = self._vectors(all_items)
+        vectors = [every_vector[i] for i in fit_index]
+        held_vectors = [every_vector[i] for i in held_index]
+        del every_vector
         if _all_constant(vectors):
-            raise ModelError(storage.silent_message(items, machine, "dimension"))
+            raise ModelError(storage.silent_message(all_items, machine, "dimension"))
         for name in _LEARNED:  # a failed fit must not leave a half-updated detector
             self.__dict__.pop(name, None)
         stacked = torch.from_numpy(np.concatenate(vectors))
@@ -670,10 +693,14 @@ class AutoencoderDetector:
                 "or train on more clips"
             ) from err
 
-        from asdflow.evaluation import gamma_threshold
-
         train_scores = {mode: self._scores(residuals, mode) for mode in SCORE_MODES}
-        for mode, scores in train_scores.items():
+        held_residuals = self._residuals(held_vectors)
+        held_scores = {
+            mode: self._scores(held_residuals, mode) if held_residuals else np.empty(0)
+            for mode in SCORE_MODES
+        }
+        for mode in SCORE_MODES:
+            scores = np.concatenate([train_scores[mode], held_scores[mode]])
             bad = int(np.count_nonzero(~np.isfinite(scores)))
             if bad:
                 peak = max(float(np.abs(v).max()) for v in vectors)
@@ -682,18 +709,26 @@ class AutoencoderDetector:
                     f"are not finite (input vectors up to {peak:.2g}); nothing was kept: lower "
                     "AEConfig.lr, raise AEConfig.cov_ridge, or check the clips"
                 )
-        thresholds = {
-            mode: float(gamma_threshold(scores, cfg.threshold_quantile))
-            for mode, scores in train_scores.items()
-        }
+        if held_domains.size:
+            thresholds = {
+                mode: domain_threshold(held_scores[mode], held_domains, cfg.threshold_quantile)
+                for mode in SCORE_MODES
+            }
+        else:
+            thresholds = {
+                mode: domain_threshold(scores, clip_domains, cfg.threshold_quantile)
+                for mode, scores in train_scores.items()
+            }
         for mode, threshold in thresholds.items():
             if not math.isfinite(threshold):
                 raise ModelError(
-                    f"the {mode} decision threshold fitted to the training scores is "
+                    f"the {mode} decision threshold fitted to the held-out scores is "
                     f"{threshold}; nothing was kept: train again with other settings"
                 )
         self.machine_ = machine
         self.train_scores_ = train_scores
+        self.holdout_scores_ = held_scores
+        self.holdout_domains_ = held_domains
         self.thresholds_ = thresholds
         return self
 
@@ -832,6 +867,10 @@ class AutoencoderDetector:
             "precision_source": torch.from_numpy(self.precision_source_.copy()),
             "precision_target": torch.from_numpy(self.precision_target_.copy()),
             "train_scores": {k: torch.from_numpy(v.copy()) for k, v in self.train_scores_.items()},
+            "holdout_scores": {
+                k: torch.from_numpy(v.copy()) for k, v in self.holdout_scores_.items()
+            },
+            "holdout_domains": [str(d) for d in self.holdout_domains_],
             "thresholds": {k: float(v) for k, v in self.thresholds_.items()},
             "losses": list(self.losses_),
             "val_losses": list(self.val_losses_),
@@ -888,6 +927,8 @@ class AutoencoderDetector:
         det.precision_source_ = data["precision_source"].numpy()
         det.precision_target_ = data["precision_target"].numpy()
         det.train_scores_ = {k: v.numpy() for k, v in data["train_scores"].items()}
+        det.holdout_scores_ = {k: v.numpy() for k, v in data["holdout_scores"].items()}
+        det.holdout_domains_ = np.array(data["holdout_domains"], dtype=str)
         det.thresholds_ = {k: float(v) for k, v in data["thresholds"].items()}
         det.losses_ = [float(v) for v in data["losses"]]
         det.val_losses_ = [float(v) for v in data["val_losses"]]

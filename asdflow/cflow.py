@@ -90,7 +90,7 @@ __all__ = [
 #: Version of the layout of the files written by :meth:`CFlowDetector.save`.
 #: Bump it whenever the layout changes; :meth:`CFlowDetector.load` refuses
 #: files of any other version.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 _FILE_KIND = "asdflow.cflow.CFlowDetector"
 _CHECKPOINT_KIND = "asdflow.cflow.checkpoint"
@@ -108,6 +108,9 @@ _LEARNED = (
     "decoders_",
     "constants_",
     "train_scores_",
+    "holdout_scores_",
+    "holdout_domains_",
+    "domain_scorer_",
     "threshold_",
     "losses_",
     "timings_",
@@ -138,10 +141,11 @@ class CFlowConfig:
     ===================  ==============================  ====================================
     what                 CFLOW-AD / report               asdflow, and why
     ===================  ==============================  ====================================
-    score constants      maxima over the *test* set: a   maxima over the training clips,
-                         clip's score depends on the     frozen by :meth:`CFlowDetector.fit`:
-                         clips scored with it, and the   a clip's score is its own; the
-                         constants re-weight the scales  scales are weighted by training data
+    score constants      maxima over the *test* set: a   maxima over held-out training
+                         clip's score depends on the     clips, frozen by
+                         clips scored with it, and the   :meth:`CFlowDetector.fit`: a clip's
+                         constants re-weight the scales  score is its own, and the scales
+                                                         are weighted by unseen normal data
     encoder passes       re-run on every image batch of  once per clip; the pyramid is kept
                          every sub-epoch, in float32     as a float16 :class:`FiberBank`
                                                          (relative rounding < 5e-4)
@@ -160,8 +164,9 @@ class CFlowConfig:
                          commit): ``1.9 tanh(0.1 a)``;   master's form is the same family
                          master since 2023:              with another scale of ``a``
                          ``1.9 tanh(0.1 a / 1.9)``
-    threshold            the report's "adaptive          the DCASE baseline's: a gamma fit to
-                         threshold", not specified       training scores, its 0.9 quantile
+    threshold            the report's "adaptive          the DCASE baseline's gamma fit, 0.9
+                         threshold", not specified       quantile, to *held-out* clips'
+                                                         scores (:mod:`asdflow.calibration`)
     ===================  ==============================  ====================================
 
     Quick mode (:meth:`quick`) departs further, for a CPU and no download:
@@ -208,9 +213,15 @@ class CFlowConfig:
         How a clip score is taken from its anomaly map: ``"max"`` (CFLOW-AD)
         or ``"mean"``.
     threshold_quantile : float
-        Quantile of the gamma distribution fitted to the scores of the normal
-        training clips that becomes the decision threshold (DCASE baseline:
-        0.9).
+        Quantile of the gamma distribution fitted to the scores of the
+        held-out normal clips that becomes the decision threshold (DCASE
+        baseline: 0.9; see :func:`asdflow.calibration.domain_threshold`).
+    holdout : float
+        Share of each domain's training clips that the decoders do not see
+        (:func:`asdflow.calibration.holdout_split`, seeded by ``seed``):
+        their scores give the score constants and the decision threshold,
+        which then hold on unseen clips. 0 trains on every clip and fits
+        both on the training clips' own, optimistic scores.
     score_batch : int
         Fibers per decoder call when scoring (no gradients: large is fine).
     mixed_precision : bool
@@ -241,6 +252,14 @@ class CFlowConfig:
         of its 2-D positional encoding, so the decoders cannot tell where a
         fiber comes from (same networks, same ``cond_dim``). True is the
         report's and CFLOW-AD's design.
+    domain_aware : bool
+        False (the report's CFlow): the clip score is the aggregated anomaly
+        map. True: the domain-aware CFlow of :mod:`asdflow.domains`, which
+        uses the domain of each *training* clip: the flow score, standardised
+        per domain with the held-out clips, plus the nearest-neighbour
+        distance of the clip's log-mel statistics (from the image's mel rows)
+        to the training clips of that domain; the smaller of the two domains'
+        sums is the score. The flows and the anomaly maps are the same.
     """
 
     backbone: str = "wide_resnet50_2"
@@ -257,6 +276,7 @@ class CFlowConfig:
     min_lr_factor: float = 1e-3
     aggregation: str = "max"
     threshold_quantile: float = 0.9
+    holdout: float = 0.1
     score_batch: int = 8192
     mixed_precision: bool = True
     fiber_norm: str = "none"
@@ -264,6 +284,7 @@ class CFlowConfig:
     features: FeatureConfig | None = field(default=None)
     rows: tuple[str, ...] | None = None
     positional_encoding: bool = True
+    domain_aware: bool = False
 
     def __post_init__(self) -> None:
         from asdflow.encoder import BACKBONES, PADDINGS
@@ -294,6 +315,9 @@ class CFlowConfig:
                 low_open=True,
                 high_open=True,
             ),
+            "holdout": storage.real_number(
+                owner, "holdout", self.holdout, low=0, high=1, high_open=True
+            ),
             "score_batch": storage.whole_number(owner, "score_batch", self.score_batch),
             "mixed_precision": storage.flag(owner, "mixed_precision", self.mixed_precision),
             "fiber_norm": storage.one_of(owner, "fiber_norm", self.fiber_norm, _FIBER_NORMS),
@@ -303,6 +327,7 @@ class CFlowConfig:
             "positional_encoding": storage.flag(
                 owner, "positional_encoding", self.positional_encoding
             ),
+            "domain_aware": storage.flag(owner, "domain_aware", self.domain_aware),
         }
         if checked["cond_dim"] % 4 != 0:
             raise ParameterError(
@@ -315,6 +340,10 @@ class CFlowConfig:
     @classmethod
     def quick(cls, **changes: Any) -> CFlowConfig:
         """Small settings for a CPU: random ResNet-18, 4 blocks, 3 epochs, whitening, mean.
+
+        A quarter of the training clips is held out (``holdout=0.25``: 10 of
+        the quick factory's 40 source clips and 1 of its 4 target clips), so
+        that the gamma fit of the threshold has 10 scores, not 4.
 
         ImageNet weights cannot be downloaded on CI machines, so quick mode
         uses a ResNet-18 with seeded random weights (its pyramid has 128,
@@ -344,6 +373,7 @@ class CFlowConfig:
             "warmup_epochs": 1.0,
             "fiber_norm": "whiten",
             "aggregation": "mean",
+            "holdout": 0.25,
         }
         settings.update(changes)
         return cls(**settings)
@@ -573,9 +603,14 @@ def probability_map(
 ) -> Tensor:
     """Sum over scales of the upsampled, normalised likelihood maps.
 
-    For every scale ``l``: ``exp(log_p[l] - scale_max[l])``, upsampled
-    bilinearly (corners aligned, as CFLOW-AD) to the image size; the result is
-    the sum over scales.
+    For every scale ``l``: ``exp(min(log_p[l] - scale_max[l], 0))``,
+    upsampled bilinearly (corners aligned, as CFLOW-AD) to the image size;
+    the result is the sum over scales. The exponent is capped at 0: with
+    constants frozen from held-out clips, a position more likely than any
+    held-out position (a training clip the flow has fitted closely) counts
+    as fully normal, probability 1, instead of overflowing. CFLOW-AD takes
+    the constants from the very maps it normalises, so its exponents are
+    never positive and the cap changes nothing there.
 
     Parameters
     ----------
@@ -597,7 +632,7 @@ def probability_map(
         raise ModelError("no log-likelihood maps given")
     total = torch.zeros((), dtype=torch.float64)
     for maps, constant in zip(log_p, scale_max, strict=True):
-        prob = torch.exp(maps.to(torch.float64) - constant)
+        prob = torch.exp(torch.clamp(maps.to(torch.float64) - constant, max=0.0))
         up = F.interpolate(prob[:, None], size=tuple(size), mode="bilinear", align_corners=True)
         total = total + up[:, 0]
     return total
@@ -1184,11 +1219,17 @@ class CFlowDetector:
         One decoder per scale: a fixed fiber normalisation and a conditional flow.
     constants_ : ScoreConstants
         Normalisation constants of the anomaly map (from the training clips).
-    train_scores_ : np.ndarray [shape=(n_train,)]
-        Scores of the training clips.
+    train_scores_ : np.ndarray [shape=(n_fit,)]
+        Scores of the clips the decoders were trained on (optimistic).
+    holdout_scores_ : np.ndarray [shape=(n_held,)]
+        Scores of the held-out training clips (``config.holdout``), which the
+        decoders never saw; empty when nothing was held out.
+    holdout_domains_ : np.ndarray of str [shape=(n_held,)]
+        Their domains.
     threshold_ : float
-        Decision threshold: gamma fit to ``train_scores_``, quantile
-        ``config.threshold_quantile``.
+        Decision threshold: :func:`asdflow.calibration.domain_threshold` of
+        ``holdout_scores_`` (of ``train_scores_`` when nothing was held out),
+        quantile ``config.threshold_quantile``.
     losses_ : list of float
         Mean training loss of each epoch.
     timings_ : dict
@@ -1308,16 +1349,25 @@ class CFlowDetector:
         self,
         data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray,
         *,
+        domains: Sequence[str] | None = None,
         checkpoint: str | os.PathLike[str] | None = None,
         callback: Callable[[int, float], None] | None = None,
     ) -> CFlowDetector:
         """Train the decoders on normal clips and freeze score constants and threshold.
+
+        ``config.holdout`` of each domain's clips are set aside first
+        (:func:`asdflow.calibration.holdout_split`); the row statistics and
+        decoders are fitted to the others, and the score constants and the
+        decision threshold to the held-out clips' log-likelihoods and scores.
 
         Parameters
         ----------
         data : sequence of Clip, or sequence of np.ndarray [shape=(rows, frames)], or np.ndarray [shape=(n, rows, frames)]
             Normal training clips of one machine type (recorded as
             ``machine_``), or their feature images (unstandardised).
+        domains : sequence of str or None
+            ``"source"`` or ``"target"`` per clip; by default each clip's
+            ``domain`` (feature images count as source clips).
         checkpoint : path or None
             File for the training state, written atomically after every epoch.
             If it exists when ``fit`` starts, training resumes from it (it must
@@ -1344,13 +1394,26 @@ class CFlowDetector:
             message gives the size of the encoder's features), or a
             checkpoint from other settings or data. Nothing learned is kept.
         """
+        from asdflow.calibration import domain_threshold, holdout_split, training_domains
+        from asdflow.domains import DomainScorer, image_statistics
         from asdflow.features import RowStats
 
         cfg = self.config
         items = list(data) if not isinstance(data, np.ndarray) else data
         machine = storage.training_machine(items)
-        raw = self._images(items, training=True)
-        cfg.row_indices(raw[0].shape[0])  # images without the named row groups fail here
+        all_domains = training_domains(items, domains)
+        everything = self._images(items, training=True)
+        cfg.row_indices(everything[0].shape[0])  # images without the named row groups fail here
+        fit_index, held_index = holdout_split(all_domains, cfg.holdout, cfg.seed)
+        raw = [everything[i] for i in fit_index]
+        held_raw = [everything[i] for i in held_index]
+        fit_domains = np.array([all_domains[i] for i in fit_index], dtype=str)
+        held_domains = np.array([all_domains[i] for i in held_index], dtype=str)
+        if cfg.domain_aware:
+            mel = self._mel_rows(raw[0].shape[0])
+            fit_statistics = image_statistics(raw, mel)
+            held_statistics = image_statistics(held_raw, mel) if held_raw else None
+        del everything
         for name in _LEARNED:  # a failed fit must not leave a half-updated detector
             self.__dict__.pop(name, None)
         stats = RowStats().fit(raw)
@@ -1360,8 +1423,9 @@ class CFlowDetector:
         self.row_stats_ = stats
         self.n_rows_ = int(raw[0].shape[0])
         images = self._standardise(raw)
+        held_images = self._standardise(held_raw)
         data_hash = _images_hash(raw)
-        del raw
+        del raw, held_raw
 
         device = self._device
         encoder = self._encoder_module()
@@ -1389,24 +1453,49 @@ class CFlowDetector:
         self.decoders_ = decoders.eval()
         trained = time.perf_counter()
 
-        batches, scores = [], []
-        for log_p, size, members in self._bank_log_p(bank):
-            batches.append((log_p, size))
-            scores.append((members, log_p, size))
-        constants = fit_score_constants(batches)
-        train_scores = np.empty(len(images), dtype=np.float64)
-        for members, log_p, size in scores:
-            maps = anomaly_map(log_p, constants, size)
-            train_scores[members] = aggregate_map(maps, cfg.aggregation).numpy()
-        self._check_finite(constants, train_scores, bank)
-        threshold = _threshold(train_scores, cfg.threshold_quantile)
+        train_maps = [(members, log_p, size) for log_p, size, members in self._bank_log_p(bank)]
+        held_maps = [
+            (members, log_p, size) for log_p, size, members in self._log_p_batches(held_images)
+        ]
+        # Constants and threshold come from the held-out clips; from the training clips only
+        # when nothing was held out (holdout=0, or a single clip per domain).
+        calibration = held_maps or train_maps
+        constants = fit_score_constants([(log_p, size) for _, log_p, size in calibration])
+
+        def clip_scores(maps: list, n: int) -> np.ndarray:
+            out = np.empty(n, dtype=np.float64)
+            for members, log_p, size in maps:
+                out[members] = aggregate_map(
+                    anomaly_map(log_p, constants, size), cfg.aggregation
+                ).numpy()
+            return out
+
+        train_scores = clip_scores(train_maps, len(images))
+        held_scores = clip_scores(held_maps, len(held_images))
+        self._check_finite(constants, np.concatenate([train_scores, held_scores]), bank)
+        scorer = None
+        if cfg.domain_aware:  # the flow scores become domain-aware scores (asdflow.domains)
+            reference = (
+                (held_scores, held_domains) if held_scores.size else (train_scores, fit_domains)
+            )
+            scorer = DomainScorer.fit(fit_statistics, fit_domains, *reference)
+            train_scores = scorer.score(train_scores, fit_statistics)
+            if held_scores.size:
+                held_scores = scorer.score(held_scores, held_statistics)
+        if held_scores.size:
+            threshold = domain_threshold(held_scores, held_domains, cfg.threshold_quantile)
+        else:
+            threshold = _threshold(train_scores, cfg.threshold_quantile)
         if not math.isfinite(threshold):
             raise ModelError(
-                f"the decision threshold fitted to the training scores is {threshold}; nothing "
+                f"the decision threshold fitted to the held-out scores is {threshold}; nothing "
                 "was kept: train again with other settings (another seed or more clips)"
             )
         self.constants_ = constants
         self.train_scores_ = train_scores
+        self.holdout_scores_ = held_scores
+        self.holdout_domains_ = held_domains
+        self.domain_scorer_ = scorer
         self.threshold_ = threshold
         self.timings_ = {
             "encode": encoded - started,
@@ -1661,7 +1750,9 @@ class CFlowDetector:
         Returns
         -------
         np.ndarray [shape=(n,), dtype=float64]
-            The maximum or mean (``config.aggregation``) of each anomaly map.
+            The maximum or mean (``config.aggregation``) of each anomaly map;
+            with ``config.domain_aware``, the domain-aware score of
+            :class:`asdflow.domains.DomainScorer` built on it.
 
         Raises
         ------
@@ -1670,11 +1761,17 @@ class CFlowDetector:
             score is not finite (a badly trained detector).
         """
         self._check_fitted()
-        images = self._standardise(self._images(data))
+        raw = self._images(data)
+        images = self._standardise(raw)
         scores = np.empty(len(images), dtype=np.float64)
         for log_p, size, members in self._log_p_batches(images):
             maps = anomaly_map(log_p, self.constants_, size)
             scores[members] = aggregate_map(maps, self.config.aggregation).numpy()
+        if self.domain_scorer_ is not None:
+            from asdflow.domains import image_statistics
+
+            statistics = image_statistics(raw, self._mel_rows(raw[0].shape[0]))
+            scores = self.domain_scorer_.score(scores, statistics)
         bad = np.flatnonzero(~np.isfinite(scores))
         if bad.size:
             raise ModelError(
@@ -1683,6 +1780,19 @@ class CFlowDetector:
                 "with fiber_norm='standardize' or a lower learning rate, and check the clips"
             )
         return scores
+
+    def _mel_rows(self, n_rows: int) -> slice:
+        """The log-mel rows of the input images, which the domain-aware score summarises."""
+        from asdflow.features import FeatureConfig
+
+        recipe = self.config.features or FeatureConfig()
+        if n_rows != recipe.n_rows:
+            raise ModelError(
+                f"the domain-aware CFlow reads the log-mel rows of the feature images, but the "
+                f"images have {n_rows} rows and the features config {recipe.n_rows}; pass the "
+                "FeatureConfig the images were made with"
+            )
+        return recipe.row_groups()["mel"]
 
     def _one_size_images(
         self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray, method: str
@@ -1798,6 +1908,9 @@ class CFlowDetector:
             "scale_max": list(self.constants_.scale_max),
             "map_max": float(self.constants_.map_max),
             "train_scores": torch.from_numpy(self.train_scores_.copy()),
+            "holdout_scores": torch.from_numpy(self.holdout_scores_.copy()),
+            "holdout_domains": [str(d) for d in self.holdout_domains_],
+            "domain_scorer": None if self.domain_scorer_ is None else self.domain_scorer_.state(),
             "threshold": float(self.threshold_),
             "losses": list(self.losses_),
         }
@@ -1861,6 +1974,14 @@ class CFlowDetector:
             scale_max=tuple(float(v) for v in data["scale_max"]), map_max=float(data["map_max"])
         )
         det.train_scores_ = data["train_scores"].numpy()
+        det.holdout_scores_ = data["holdout_scores"].numpy()
+        det.holdout_domains_ = np.array(data["holdout_domains"], dtype=str)
+        scorer = data["domain_scorer"]
+        if scorer is not None:
+            from asdflow.domains import DomainScorer
+
+            scorer = DomainScorer.from_state(scorer)
+        det.domain_scorer_ = scorer
         det.threshold_ = float(data["threshold"])
         det.losses_ = [float(v) for v in data["losses"]]
         return det

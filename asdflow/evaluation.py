@@ -55,6 +55,7 @@ __all__ = [
     "EPS",
     "GROUND_TRUTH_HEADER",
     "MAX_FPR",
+    "DECISION_METRICS",
     "METRICS",
     "REPORT_TABLE1",
     "SUMMARY_GROUPS",
@@ -96,6 +97,16 @@ DOMAINS = ("source", "target")
 
 METRICS = ("AUC (source)", "AUC (target)", "pAUC")
 """The three values per machine type and section that enter the official score."""
+
+DECISION_METRICS = (
+    "precision (source)",
+    "recall (source)",
+    "F1 (source)",
+    "precision (target)",
+    "recall (target)",
+    "F1 (target)",
+)
+"""The decision metrics per domain, as the official evaluator reports them (from the 0/1 decisions)."""
 
 
 def gamma_threshold(scores: Sequence[float] | np.ndarray, quantile: float = 0.9) -> float:
@@ -646,11 +657,17 @@ class MachineResult:
     section: str = "00"
 
     def metric(self, name: str) -> float:
-        """The value of ``"AUC (source)"``, ``"AUC (target)"`` or ``"pAUC"``."""
+        """The value of a name of :data:`METRICS` or :data:`DECISION_METRICS`."""
         return {
             "AUC (source)": self.auc_source,
             "AUC (target)": self.auc_target,
             "pAUC": self.pauc,
+            "precision (source)": self.precision_source,
+            "recall (source)": self.recall_source,
+            "F1 (source)": self.f1_source,
+            "precision (target)": self.precision_target,
+            "recall (target)": self.recall_target,
+            "F1 (target)": self.f1_target,
         }[name]
 
     def to_dict(self) -> dict[str, float | str | int | None]:
@@ -1302,7 +1319,7 @@ def result_table(
         for machine in machines:
             for metric in metrics:
                 values = [r.metric(metric) for r in per_method.values() if r.machine == machine]
-                if values:
+                if values and np.all(np.isfinite(values)):
                     cells[(machine, metric, method)] = Cell.of(values)
         summary: dict[tuple[str, str], list[float]] = {}
         for seed in seeds:
@@ -1312,6 +1329,8 @@ def result_table(
                 break
             for metric in metrics:
                 values = [r.metric(metric) for r in run]
+                if not np.all(np.isfinite(values)):  # decision metrics of runs without decisions
+                    continue
                 summary.setdefault(("arithmetic mean", metric), []).append(float(np.mean(values)))
                 summary.setdefault(("harmonic mean", metric), []).append(harmonic_mean(values))
             summary.setdefault(("official score", ""), []).append(official_score(run))

@@ -24,7 +24,7 @@ book chapters that share trained detectors. Each step is one function:
 A run folder holds::
 
     run.json                                       RunInfo: what was trained, how, on what
-    cflow.pt | autoencoder.pt                      the detector (one per folder)
+    cflow.pt | autoencoder.pt | knn.pt             the detector (one per folder)
     anomaly_score_<machine>_section_00_test.csv    written by score_run
     decision_result_<machine>_section_00_test.csv  written by score_run
     cflow-checkpoint.pt, training.json             only while CFlow training is unfinished
@@ -62,10 +62,11 @@ if TYPE_CHECKING:
     from asdflow.cflow import CFlowConfig, CFlowDetector
     from asdflow.data import Clip
     from asdflow.evaluation import Cell, MachineResult, ResultTable, Truth
+    from asdflow.knn import KNNConfig, KNNDetector
     from asdflow.modes import Mode
 
-    Detector = CFlowDetector | AutoencoderDetector
-    Config = CFlowConfig | AEConfig
+    Detector = CFlowDetector | AutoencoderDetector | KNNDetector
+    Config = CFlowConfig | AEConfig | KNNConfig
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -74,6 +75,7 @@ __all__ = [
     "MODELS",
     "QUICK_TITLE",
     "RUN_FILE",
+    "DOMAIN_AWARE_METHOD",
     "RunInfo",
     "Summary",
     "collect_results",
@@ -92,15 +94,27 @@ __all__ = [
     "score_run",
     "train_run",
     "trained_detector",
+    "VARIANTS",
 ]
 
-MODELS = ("cflow", "ae")
-"""The detectors: ``"cflow"`` (:mod:`asdflow.cflow`) and ``"ae"`` (the DCASE baseline, :mod:`asdflow.baseline`)."""
+MODELS = ("cflow", "ae", "knn")
+"""The detectors: ``"cflow"`` (:mod:`asdflow.cflow`), ``"ae"`` (the DCASE baseline,
+:mod:`asdflow.baseline`) and ``"knn"`` (the nearest-neighbour reference, :mod:`asdflow.knn`)."""
 
-METHODS = {"cflow": "CFlow", "ae": "Baseline"}
+METHODS = {"cflow": "CFlow", "ae": "Baseline", "knn": "kNN"}
 """Column name of each model in result tables."""
 
-DETECTOR_FILES = {"cflow": "cflow.pt", "ae": "autoencoder.pt"}
+VARIANTS = {"cflow-da": ("cflow", {"domain_aware": True})}
+"""Named variants that :func:`reproduce` runs beside the models: key -> (model, settings).
+
+``"cflow-da"`` is the domain-aware CFlow (``CFlowConfig(domain_aware=True)``), column
+``"CFlow (domain-aware)"``; its runs live in ``out/cflow-da/<machine>/seed<S>``.
+"""
+
+DOMAIN_AWARE_METHOD = "CFlow (domain-aware)"
+"""Column name of the domain-aware CFlow in result tables."""
+
+DETECTOR_FILES = {"cflow": "cflow.pt", "ae": "autoencoder.pt", "knn": "knn.pt"}
 """File name of the saved detector of each model in a run folder."""
 
 RUN_FILE = "run.json"
@@ -325,11 +339,9 @@ def run_config(
         When the machine type has no training clips under ``root``.
     """
     from asdflow import features
-    from asdflow.baseline import AEConfig
-    from asdflow.cflow import CFlowConfig
 
     _check_model(model)
-    cls = CFlowConfig if model == "cflow" else AEConfig
+    cls = _config_class(model)
     changes = dict(changes or {})
     names = {f.name for f in dataclasses.fields(cls)} - {"features"}
     unknown = sorted(set(changes) - names)
@@ -342,7 +354,7 @@ def run_config(
     if model == "cflow":
         train = _train_clips(root, machine)
         settings["features"] = features.FeatureConfig().with_nominal_length(train)
-    if epochs is not None:
+    if epochs is not None and "epochs" in names:  # the kNN detector has no epochs
         settings["epochs"] = int(epochs)
     settings.update({key: typed_setting(cls, key, value) for key, value in changes.items()})
     try:
@@ -472,7 +484,9 @@ class RunInfo:
 
     @property
     def method(self) -> str:
-        """The column name of this run in result tables (``"CFlow"`` or ``"Baseline"``)."""
+        """The column name of this run in result tables (``"CFlow"``, ``"Baseline"``, ``"kNN"``...)."""
+        if self.model == "cflow" and self.config.get("domain_aware"):
+            return DOMAIN_AWARE_METHOD
         return METHODS.get(self.model, self.model)
 
     def to_dict(self) -> dict[str, Any]:
@@ -542,20 +556,39 @@ def is_finished(directory: str | os.PathLike[str], machine: str) -> bool:
     )
 
 
-def _new_detector(model: str, config: Config, device: str | None, progress: bool) -> Detector:
+def _detector_class(model: str) -> type:
+    """The detector class of a model name."""
     if model == "cflow":
         from asdflow.cflow import CFlowDetector
 
-        return CFlowDetector(config, device=device, progress=progress)  # type: ignore[arg-type]
+        return CFlowDetector
+    if model == "knn":
+        from asdflow.knn import KNNDetector
+
+        return KNNDetector
     from asdflow.baseline import AutoencoderDetector
 
-    return AutoencoderDetector(config, device=device, progress=progress)  # type: ignore[arg-type]
+    return AutoencoderDetector
+
+
+def _config_class(model: str) -> type:
+    """The configuration class of a model name."""
+    from asdflow.baseline import AEConfig
+    from asdflow.cflow import CFlowConfig
+    from asdflow.knn import KNNConfig
+
+    return {"cflow": CFlowConfig, "ae": AEConfig, "knn": KNNConfig}[model]
+
+
+def _new_detector(model: str, config: Config, device: str | None, progress: bool) -> Detector:
+    return _detector_class(model)(config, device=device, progress=progress)
 
 
 def _model_of(config: Config) -> str:
-    from asdflow.cflow import CFlowConfig
-
-    return "cflow" if isinstance(config, CFlowConfig) else "ae"
+    for model in MODELS:
+        if isinstance(config, _config_class(model)):
+            return model
+    raise ParameterError(f"not a detector configuration: {type(config).__name__}")
 
 
 def _versions() -> dict[str, str]:
@@ -803,13 +836,7 @@ def load_detector(
             f"one first: asdflow train ROOT --machine M --out {directory}"
         )
     model, path = found
-    if model == "cflow":
-        from asdflow.cflow import CFlowDetector
-
-        return CFlowDetector.load(path, device=device, progress=progress)
-    from asdflow.baseline import AutoencoderDetector
-
-    return AutoencoderDetector.load(path, device=device, progress=progress)
+    return _detector_class(model).load(path, device=device, progress=progress)
 
 
 def score_run(
@@ -1125,7 +1152,7 @@ class Summary:
 
 def _order_methods(table: ResultTable) -> ResultTable:
     """Columns as in the report's Table 1: each published column beside ours, baseline first."""
-    order = ["Baseline (report)", "Baseline", "CFlow (report)", "CFlow"]
+    order = ["Baseline (report)", "Baseline", "kNN", "CFlow (report)", "CFlow", DOMAIN_AWARE_METHOD]
     known = [m for m in order if m in table.methods]
     rest = [m for m in table.methods if m not in order]
     return dataclasses.replace(table, methods=tuple(known + rest))
@@ -1150,7 +1177,7 @@ def evaluate_runs(
     reference: dict[tuple[str, str, str], Cell] | None = None,
     notes: Sequence[str] = (),
 ) -> Summary:
-    """The result table of run folders: per machine type AUC (source/target) and pAUC.
+    """The result table of run folders: per machine type AUC (source/target), pAUC and P/R/F1 per domain.
 
     Folders of the same method with different seeds give mean ± sd (see
     :func:`asdflow.evaluation.result_table`).
@@ -1172,11 +1199,14 @@ def evaluate_runs(
     Summary
         Titled :data:`QUICK_TITLE` when any run was trained in quick mode.
     """
-    from asdflow.evaluation import result_table
+    from asdflow.evaluation import DECISION_METRICS, METRICS, result_table
 
     results = collect_results(dirs, root=root, ground_truth_path=ground_truth_path)
     machines = list(dict.fromkeys(r.machine for r in results))
-    table = _order_methods(result_table(results, reference=reference, machines=machines))
+    metrics = (*METRICS, *DECISION_METRICS)
+    table = _order_methods(
+        result_table(results, reference=reference, machines=machines, metrics=metrics)
+    )
     modes = {info.mode for d in dirs if (info := read_run_info(d)) is not None}
     title = [QUICK_TITLE] if "quick" in modes else []
     title.append(_describe_runs(results))
@@ -1225,7 +1255,7 @@ def reproduce(
     *,
     machines: Sequence[str] | None = None,
     seeds: Sequence[int] = (0, 1, 2),
-    models: Sequence[str] = ("ae", "cflow"),
+    models: Sequence[str] = ("ae", "knn", "cflow"),
     quick: bool = False,
     device: str | None = None,
     epochs: int | None = None,
@@ -1254,14 +1284,14 @@ def reproduce(
         Machine types (None: every development machine type under ``root``).
     seeds : sequence of int
         One run per seed (the report: three).
-    models : sequence of {"cflow", "ae"}
-        Which detectors.
+    models : sequence of {"ae", "knn", "cflow", "cflow-da"}
+        Which detectors (``"cflow-da"``: the domain-aware CFlow, :data:`VARIANTS`).
     quick : bool
         Quick-mode settings (``CFlowConfig.quick()``, ``AEConfig.quick()``).
     device : str or None
         Torch device (None: CUDA if available).
     epochs : int or None
-        Training epochs instead of the configurations' (both models).
+        Training epochs instead of the configurations' (the trained models).
     changes : dict or None
         Expert overrides, keyed ``"<model>.<field>"``, e.g. ``{"cflow.n_blocks": 2}``.
     reference : dict or None
@@ -1282,8 +1312,9 @@ def reproduce(
     start = time.perf_counter()
     _check_device(device)
     models = list(dict.fromkeys(models))
-    for model in models:
-        _check_model(model)
+    for key in models:
+        if key not in VARIANTS:
+            _check_model(key)
     per_model: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
     for key, value in (changes or {}).items():
         model, sep, field_name = key.partition(".")
@@ -1305,8 +1336,9 @@ def reproduce(
     plan = [(m, machine, s) for machine in machines for s in seeds for m in models]
     trained = tested = 0
     dirs = []
-    for i, (model, machine, seed) in enumerate(plan, start=1):
-        directory = run_dir(out, model, machine, seed)
+    for i, (key, machine, seed) in enumerate(plan, start=1):
+        model, variant = VARIANTS.get(key, (key, {}))
+        directory = run_dir(out, key, machine, seed)
         dirs.append(directory)
         config = run_config(
             model,
@@ -1315,9 +1347,10 @@ def reproduce(
             quick=quick,
             seed=seed,
             epochs=epochs,
-            changes=per_model[model],
+            changes={**per_model[model], **variant},
         )
-        label = f"[{i}/{len(plan)}] {METHODS[model]} {machine} seed {seed}"
+        method = DOMAIN_AWARE_METHOD if variant else METHODS[model]
+        label = f"[{i}/{len(plan)}] {method} {machine} seed {seed}"
         info = read_run_info(directory) if has_detector(directory) else None
         if info is not None:
             _check_same_run(directory, info, config, mode)

@@ -79,7 +79,8 @@ def _feed(digest: Any, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to("cpu").contiguous()
         digest.update(f"T{tensor.dtype}{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        if tensor.numel():  # an empty tensor (e.g. no held-out clips) has no bytes to view
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     elif isinstance(value, dict):
         items = sorted((_canonical(k), v) for k, v in value.items())
         digest.update(f"D{len(items)};".encode())

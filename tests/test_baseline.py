@@ -196,10 +196,13 @@ def test_fit_records_training(detector):
     assert detector.precision_source_.shape == detector.precision_target_.shape == (128, 128)
     # Three target clips: the target covariance is its own, not the source one.
     assert not np.allclose(detector.precision_source_, detector.precision_target_)
+    # holdout=0.25: 2 of the 10 source clips and 1 of the 3 target clips are not trained on.
+    assert sorted(detector.holdout_domains_.tolist()) == ["source", "source", "target"]
     for mode in SCORE_MODES:
-        train = detector.train_scores_[mode]
-        assert train.shape == (13,)
-        assert np.mean(train <= detector.thresholds_[mode]) >= 0.5
+        assert detector.train_scores_[mode].shape == (10,)
+        held = detector.holdout_scores_[mode]
+        assert held.shape == (3,)
+        assert np.mean(held <= detector.thresholds_[mode]) >= 0.5
 
 
 @pytest.mark.parametrize("mode", SCORE_MODES)

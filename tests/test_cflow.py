@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asdflow import cflow, storage
+from asdflow.calibration import domain_threshold, holdout_split
 from asdflow.cflow import (
     CFlowConfig,
     CFlowDetector,
@@ -108,15 +109,18 @@ def test_interleave_scales_spreads_every_scale(n_batches):
 
 
 def test_probability_map_upsamples_bilinearly_and_sums_scales():
-    probs = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], dtype=torch.float64)
+    probs = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], dtype=torch.float64) / 4.0
     log_p = [torch.log(probs) + 2.0, torch.full((1, 1, 1), -1.0)]
     got = probability_map(log_p, [2.0, -1.0], (3, 3))
     # scale 0: corners kept, centre = mean of the four; scale 1: exp(0) = 1 everywhere
-    expected = torch.tensor([[[1.0, 1.5, 2.0], [2.0, 2.5, 3.0], [3.0, 3.5, 4.0]]]) + 1.0
+    expected = torch.tensor([[[1.0, 1.5, 2.0], [2.0, 2.5, 3.0], [3.0, 3.5, 4.0]]]) / 4.0 + 1.0
     # float64: exp, log and a bilinear weighting of four values, then a sum of two scales
     atol = tolerance(torch.float64, magnitude=5.0, terms=6)
     torch.testing.assert_close(got, expected.double(), rtol=0, atol=atol)
     assert got.dtype == torch.float64
+    # A position more likely than the constant counts as probability 1, not more.
+    above = probability_map([torch.full((1, 1, 1), 800.0)], [0.0], (2, 2))
+    assert torch.equal(above, torch.ones((1, 2, 2), dtype=torch.float64))
 
 
 def test_score_constants_make_training_maps_non_negative():
@@ -288,15 +292,23 @@ def test_fiber_bank_layout_with_two_image_sizes():
 # -- the detector ---------------------------------------------------------------------
 
 
+def _split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clips ``fitted`` trained on and the clips it held out (feature images: all source)."""
+    return holdout_split(["source"] * n, TINY.holdout, TINY.seed)
+
+
 def test_fit_sets_learned_state(fitted: CFlowDetector, train_images):
     assert fitted.channels_ == [128, 256, 512]
     assert len(fitted.decoders_) == 3
     assert len(fitted.losses_) == TINY.epochs and all(np.isfinite(fitted.losses_))
-    assert fitted.train_scores_.shape == (len(train_images),)
-    assert np.all(fitted.train_scores_ >= 0)
-    from asdflow.evaluation import gamma_threshold
-
-    assert fitted.threshold_ == gamma_threshold(fitted.train_scores_, quantile=0.9)
+    fit, held = _split(len(train_images))
+    assert (fit.size, held.size) == (18, 6)  # a quarter held out
+    assert fitted.train_scores_.shape == (18,) and fitted.holdout_scores_.shape == (6,)
+    assert fitted.holdout_domains_.tolist() == ["source"] * 6
+    assert np.all(fitted.holdout_scores_ >= 0)  # the constants come from these clips
+    assert fitted.threshold_ == domain_threshold(
+        fitted.holdout_scores_, fitted.holdout_domains_, quantile=0.9
+    )
     assert len(fitted.constants_.scale_max) == 3
 
 
@@ -310,7 +322,11 @@ def test_score_of_a_clip_alone_equals_its_score_in_any_batch(fitted, test_images
 
 def test_training_clips_score_as_during_fit(fitted, train_images):
     # fit scores the training clips from the fiber bank; score() re-runs the encoder
-    np.testing.assert_array_equal(fitted.score(train_images[:6]), fitted.train_scores_[:6])
+    fit, held = _split(len(train_images))
+    trained = [train_images[i] for i in fit[:6]]
+    np.testing.assert_array_equal(fitted.score(trained), fitted.train_scores_[:6])
+    held_out = [train_images[i] for i in held]
+    np.testing.assert_array_equal(fitted.score(held_out), fitted.holdout_scores_)
 
 
 def test_anomaly_maps_shape_and_relation_to_scores(fitted, train_images, test_images):
@@ -321,9 +337,11 @@ def test_anomaly_maps_shape_and_relation_to_scores(fitted, train_images, test_im
     # the maps are the float64 maps rounded to float32
     atol = tolerance(np.float32, magnitude=float(np.abs(scores).max()))
     np.testing.assert_allclose(maps.max(axis=(1, 2)), scores, rtol=0, atol=atol)
-    # at least 0 on training clips, up to the float64 rounding of the 3-scale sum
-    floor = tolerance(np.float64, magnitude=fitted.constants_.map_max, terms=3)
-    assert fitted.anomaly_maps(train_images[:4]).min() >= -floor
+    # at least 0 on the held-out clips the constants come from, up to the float64 rounding of
+    # the 3-scale sum and the float32 rounding of the maps
+    _, held = _split(len(train_images))
+    floor = tolerance(np.float32, magnitude=fitted.constants_.map_max, terms=3)
+    assert fitted.anomaly_maps([train_images[i] for i in held]).min() >= -floor
     assert scores[5:].mean() > scores[:5].mean()  # the bright blob is found even so briefly trained
     np.testing.assert_array_equal(
         fitted.predict(test_images), (scores > fitted.threshold_).astype(int)
@@ -538,3 +556,12 @@ def test_bench_train_reports_consistent_figures(capsys):
     )
     assert result["score_clips_per_s"] > 0
     assert "ratio" in capsys.readouterr().out
+
+
+def test_nothing_held_out_fits_on_the_training_scores_and_saves(train_images, tmp_path):
+    config = CFlowConfig.quick(n_blocks=1, epochs=1, fiber_batch=64, holdout=0.0)
+    det = CFlowDetector(config, device="cpu", progress=False).fit(train_images[:12])
+    assert det.holdout_scores_.size == 0 and det.train_scores_.size == 12
+    assert det.threshold_ == domain_threshold(det.train_scores_, ["source"] * 12)
+    loaded = CFlowDetector.load(det.save(tmp_path / "all.pt"), progress=False)
+    assert loaded.holdout_scores_.size == 0 and loaded.threshold_ == det.threshold_

@@ -14,7 +14,7 @@ import torch
 from asdflow import cli, data, evaluation, experiment
 
 MACHINE = "valve"
-TINY_CFLOW = ["--epochs", "1", "--set", "n_blocks=1", "--set", "fiber_batch=384"]
+TINY_CFLOW = ["--epochs", "1", "--set", "n_blocks=1", "--set", "fiber_batch=256"]
 TINY_AE = ["--epochs", "1", "--set", "batch_size=256"]
 
 
@@ -52,6 +52,7 @@ def runs(factory: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
         "cflow": (base / "cflow", ["--model", "cflow", *TINY_CFLOW]),
         "ae0": (base / "ae0", ["--model", "ae", *TINY_AE]),
         "ae1": (base / "ae1", ["--model", "ae", "--seed", "1", *TINY_AE]),
+        "knn": (base / "knn", ["--model", "knn"]),
     }
     for folder, options in folders.values():
         argv = ["train", factory, "--machine", MACHINE, "--out", folder, "--quick", *options]
@@ -74,7 +75,7 @@ def test_train_prints_next_step_and_records_the_run(runs, factory):
     assert (info.model, info.machine, info.mode, info.seed) == ("cflow", MACHINE, "quick", 0)
     assert (info.config["n_blocks"], info.config["fiber_batch"], info.config["epochs"]) == (
         1,
-        384,
+        256,
         1,
     )
     assert experiment.read_run_info(runs["ae1"]).config["seed"] == 1
@@ -104,6 +105,27 @@ def test_evaluate_from_files_equals_evaluating_in_memory(runs, factory, tmp_path
     official = float(table[("official score", "")]["CFlow"])
     assert official == pytest.approx(evaluation.official_score([result]), abs=1e-12)
     assert (tmp_path / "results.md").read_text().startswith(experiment.QUICK_TITLE)
+
+
+def test_knn_runs_beside_the_others_with_decisions_per_domain(runs, factory, tmp_path, capsys):
+    assert experiment.read_run_info(runs["knn"]).method == "kNN"
+    folders = [runs["ae0"], runs["knn"], runs["cflow"]]
+    code, out, _ = run(capsys, "evaluate", *folders, "--root", factory, "--out", tmp_path)
+    assert code == 0
+    assert "| machine | metric (%) | Baseline | kNN | CFlow |" in out
+    table = read_table(tmp_path / "results.csv")
+    result = experiment.collect_results([runs["knn"]], root=factory)[0]
+    for metric in evaluation.DECISION_METRICS:
+        value = float(table[(MACHINE, metric)]["kNN"])
+        assert value == pytest.approx(result.metric(metric), abs=1e-12)
+        assert 0.0 <= value <= 1.0
+
+
+def test_domain_aware_is_a_cflow_option(factory, tmp_path, capsys):
+    argv = ["train", factory, "--machine", MACHINE, "--out", tmp_path / "x", "--model", "ae"]
+    code, _, err = run(capsys, *argv, "--domain-aware")
+    assert code == 2 and "--domain-aware is a CFlow setting" in err
+    assert not (tmp_path / "x").exists()
 
 
 def test_two_seeds_give_mean_and_sd(runs, factory, tmp_path, capsys):
@@ -217,28 +239,29 @@ def test_reproduce_resumes_and_does_nothing_the_second_time(factory, tmp_path, c
     out = tmp_path / "reproduce"
     argv = [
         "reproduce", factory, "--quick", "--machines", MACHINE, "--seeds", "0", "--out", out,
-        "--epochs", "1", "--set", "cflow.n_blocks=1", "--set", "cflow.fiber_batch=384",
+        "--epochs", "1", "--set", "cflow.n_blocks=1", "--set", "cflow.fiber_batch=256",
         "--set", "ae.batch_size=256",
     ]  # fmt: skip
     code, first, _ = run(capsys, *argv)
     assert code == 0
-    for model in ("ae", "cflow"):
+    for model in ("ae", "knn", "cflow"):
         assert experiment.is_finished(experiment.run_dir(out, model, MACHINE, 0), MACHINE)
     lines = first.splitlines()
     assert lines[0] == experiment.QUICK_TITLE
     header = next(line for line in lines if line.startswith("| machine"))
     assert header == (
-        "| machine | metric (%) | Baseline (report) | Baseline | CFlow (report) | CFlow |"
+        "| machine | metric (%) | Baseline (report) | Baseline | kNN | CFlow (report) | CFlow |"
     )
     assert "| valve | AUC (source) | 51.07 |" in first  # the report's baseline value
-    assert "2 trained, 2 tested, 0 reused" in first and "hardware: CPU" in first
+    assert "3 trained, 3 tested, 0 reused" in first and "hardware: CPU" in first
+    assert "|  | F1 (target) |" in first  # decisions per domain beside the AUCs
     assert (out / "table1.md").read_text().startswith(experiment.QUICK_TITLE)
 
     before = snapshot(out)
     code, second, _ = run(capsys, *argv)
     assert code == 0
     assert snapshot(out) == before  # nothing retrained, retested or rewritten
-    assert "0 trained, 0 tested, 2 reused" in second
+    assert "0 trained, 0 tested, 3 reused" in second
     table = [line for line in second.splitlines() if line.startswith("|")]
     assert table == [line for line in lines if line.startswith("|")]
 
@@ -259,7 +282,7 @@ def test_demo_prints_the_data_then_both_detectors_side_by_side(tmp_path, capsys,
         synth, "QUICK_FACTORY", {**synth.QUICK_FACTORY, **small, "n_test_per_domain": 2}
     )
     reproduce = experiment.reproduce
-    tiny = {"cflow.n_blocks": 1, "cflow.fiber_batch": 128, "ae.batch_size": 256}
+    tiny = {"cflow.n_blocks": 1, "cflow.fiber_batch": 64, "ae.batch_size": 256}
     monkeypatch.setattr(
         experiment,
         "reproduce",
@@ -270,7 +293,7 @@ def test_demo_prints_the_data_then_both_detectors_side_by_side(tmp_path, capsys,
     assert code == 0
     assert f"{16 + 8} clips under {tmp_path / 'data-seed0'}" in out
     assert experiment.QUICK_TITLE in out
-    assert "| machine | metric (%) | Baseline | CFlow |" in out
+    assert "| machine | metric (%) | Baseline | kNN | CFlow | CFlow (domain-aware) |" in out
     assert out.count(f"| {MACHINE} | AUC (source) |") == 1
     assert (tmp_path / "runs" / "demo.md").is_file()
     assert torch.get_num_threads() == 1  # --threads defaults to 1

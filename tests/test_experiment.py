@@ -25,7 +25,7 @@ from asdflow.modes import Mode
 
 MACHINE = "valve"
 TINY_AE = {"epochs": 1, "batch_size": 256}
-TINY_CFLOW = {"n_blocks": 1, "fiber_batch": 384}
+TINY_CFLOW = {"n_blocks": 1, "fiber_batch": 256}
 
 
 pytestmark = pytest.mark.usefixtures("shared_cache")
