@@ -152,11 +152,14 @@ class AEConfig:
         Quantile of the gamma fit to the held-out scores (0.9; see
         :func:`asdflow.calibration.domain_threshold`).
     holdout : float
-        Share of each domain's training *clips* set aside before training
-        (:func:`asdflow.calibration.holdout_split`, seeded by ``seed``):
-        the decision thresholds are fitted to their scores, which the
-        network never saw. 0 fits them to the training clips' own scores,
-        as the official code does.
+        Share of the source domain's training *clips* set aside before
+        training (:func:`asdflow.calibration.holdout_split`, seeded by
+        ``seed``): the decision thresholds are fitted to their scores, which
+        the network never saw.
+    holdout_target : float
+        The same for the target domain (half of its clips). With both 0 the
+        thresholds are fitted to the training clips' own scores, as the
+        official code does.
     cov_ridge : float
         Added to the diagonal of each residual covariance, relative to its
         mean variance, before inversion.
@@ -180,6 +183,7 @@ class AEConfig:
     score_mode: str = "mse"
     threshold_quantile: float = 0.9
     holdout: float = 0.1
+    holdout_target: float = 0.5
     cov_ridge: float = 1e-6
     seed: int = 0
 
@@ -211,6 +215,9 @@ class AEConfig:
         )
         checked["holdout"] = storage.real_number(
             owner, "holdout", self.holdout, low=0, high=1, high_open=True
+        )
+        checked["holdout_target"] = storage.real_number(
+            owner, "holdout_target", self.holdout_target, low=0, high=1, high_open=True
         )
         checked["threshold_quantile"] = storage.real_number(
             owner,
@@ -634,7 +641,9 @@ class AutoencoderDetector:
         all_items = list(data)
         machine = storage.training_machine(all_items)
         all_domains = self._domains(all_items, domains)
-        fit_index, held_index = holdout_split(all_domains, cfg.holdout, cfg.seed)
+        fit_index, held_index = holdout_split(
+            all_domains, cfg.holdout, cfg.seed, cfg.holdout_target
+        )
         clip_domains = [all_domains[i] for i in fit_index]
         held_domains = np.array([all_domains[i] for i in held_index], dtype=str)
         every_vector = self._vectors(all_items)

@@ -271,10 +271,10 @@ def bench_train(
     from asdflow.cflow import CFlowConfig, CFlowDetector, _auto_device
 
     if full:
-        config = CFlowConfig(weights="random", seed=seed, holdout=0.0)
+        config = CFlowConfig(weights="random", seed=seed, holdout=0.0, holdout_target=0.0)
         n_clips, seconds = n_clips or 1000, seconds or 10.0
     else:
-        config = CFlowConfig.quick(seed=seed, epochs=5, holdout=0.0)
+        config = CFlowConfig.quick(seed=seed, epochs=5, holdout=0.0, holdout_target=0.0)
         n_clips, seconds = n_clips or 32, seconds or 2.0
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)

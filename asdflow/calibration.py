@@ -22,9 +22,9 @@ clip with the model that did not see it) uses every clip for training but
 costs K + 1 trainings of the flows; the split costs nothing. The price is
 fewer training clips (10 % fewer by default) and, in the target domain, very
 few held-out clips: DCASE 2024 gives 10 target training clips per machine
-type, the quick factory 4. One of them is held out; its score says where the
-target domain's normal clips lie, and the spread around it is taken from the
-source domain (see :func:`domain_threshold`). The nearest-neighbour detector
+type, the quick factory 4. Half of them are held out; their scores say where
+the target domain's normal clips lie, and the spread around them is taken
+from the source domain (see :func:`domain_threshold`). The nearest-neighbour detector
 of :mod:`asdflow.knn` needs no split: it scores each training clip with the
 clip itself left out of the memory, which is exact cross-fitting for free.
 """
@@ -45,13 +45,14 @@ MIN_FIT = 3
 
 
 def holdout_split(
-    domains: Sequence[str], fraction: float, seed: int
+    domains: Sequence[str], fraction: float, seed: int, target_fraction: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the clips to train on and of the clips to hold out, per domain.
 
     Each domain with ``n >= 2`` clips holds out ``round(fraction * n)`` of
-    them, at least 1 and at most ``n - 1``; a domain with a single clip keeps
-    it for training. With ``fraction=0`` nothing is held out.
+    them (``target_fraction`` for the target domain), at least 1 and at most
+    ``n - 1``; a domain with a single clip keeps it for training. A fraction
+    of 0 holds nothing of that domain out.
 
     Parameters
     ----------
@@ -61,6 +62,11 @@ def holdout_split(
         Share of each domain's clips to hold out, in [0, 1).
     seed : int
         Seed of the draw (the same seed gives the same split).
+    target_fraction : float or None
+        Share of the target domain's clips to hold out (None: ``fraction``).
+        The detectors hold out half of the target clips: the flows learn
+        their density from the source domain's hundreds of clips anyway, and
+        the few target clips tell more about where target normals score.
 
     Returns
     -------
@@ -69,23 +75,28 @@ def holdout_split(
 
     Examples
     --------
-    >>> fit, held = holdout_split(["source"] * 40 + ["target"] * 4, 0.1, seed=0)
+    >>> fit, held = holdout_split(["source"] * 40 + ["target"] * 10, 0.1, seed=0, target_fraction=0.5)
     >>> len(fit), len(held)
-    (39, 5)
+    (41, 9)
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ParameterError(f"the held-out fraction must lie in [0, 1), got {fraction!r}")
+    fractions = {
+        "source": fraction,
+        "target": fraction if target_fraction is None else target_fraction,
+    }
+    for value in fractions.values():
+        if not 0.0 <= value < 1.0:
+            raise ParameterError(f"a held-out fraction must lie in [0, 1), got {value!r}")
     labels = np.asarray(list(domains))
     rng = np.random.default_rng(seed)
     held: list[int] = []
-    if fraction > 0:
-        for domain in sorted(set(labels.tolist())):
-            members = np.flatnonzero(labels == domain)
-            n = members.size
-            if n < 2:
-                continue
-            k = min(max(int(round(fraction * n)), 1), n - 1)
-            held += rng.choice(members, size=k, replace=False).tolist()
+    for domain in sorted(set(labels.tolist())):
+        members = np.flatnonzero(labels == domain)
+        n = members.size
+        share = fractions.get(domain, fraction)
+        if n < 2 or share == 0:
+            continue
+        k = min(max(int(round(share * n)), 1), n - 1)
+        held += rng.choice(members, size=k, replace=False).tolist()
     held_array = np.array(sorted(held), dtype=np.int64)
     fit = np.setdiff1d(np.arange(labels.size), held_array)
     return fit, held_array
@@ -102,8 +113,8 @@ def domain_threshold(
     - a domain with at least :data:`MIN_FIT` scores: ``t_d`` is the gamma
       ``quantile`` of its scores (:func:`asdflow.evaluation.gamma_threshold`,
       the DCASE baseline's rule);
-    - a domain with fewer (the target domain, with its one or two held-out
-      clips): its median score plus the distance from median to threshold of
+    - a domain with fewer (the two held-out target clips of the quick
+      factory): its median score plus the distance from median to threshold of
       the domain with the most scores, ``t_d = median_d + (t_ref -
       median_ref)``: where the domain's normal clips lie comes from its own
       clips, their spread from the other domain.

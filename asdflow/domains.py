@@ -30,7 +30,10 @@ the feature image). For each domain ``d``:
 - :math:`k_d(x)`: the distance of the clip's statistics to the nearest
   training clip of domain ``d``, divided by that memory's radius (about 1
   for a normal clip of ``d``); :math:`\\kappa_d`: the standard deviation of
-  that ratio over the memory's own clips, each left out in turn.
+  that ratio over the memory's own clips, each left out in turn. The
+  memories hold *every* training clip, held-out ones included, as the
+  reference detector's do; a held-out clip's own distance is then taken
+  with itself left out, so that its score stays that of an unseen clip.
 
 A target-domain normal clip gets a high flow score but a small target
 distance; an anomaly is far from both memories. The two terms are in units
@@ -124,8 +127,8 @@ class DomainScorer:
 
         Parameters
         ----------
-        train_statistics : np.ndarray [shape=(n_fit, dim)]
-            :func:`image_statistics` of the clips the decoders were trained on.
+        train_statistics : np.ndarray [shape=(n_train, dim)]
+            :func:`image_statistics` of every training clip (held-out ones included).
         train_domains : sequence of str
             Their domains.
         held_flow_scores : np.ndarray [shape=(n_held,)]
@@ -170,6 +173,33 @@ class DomainScorer:
     def score(self, flow_scores: np.ndarray, statistics: np.ndarray) -> np.ndarray:
         """The domain-aware score: the smallest ``z_d`` of each clip."""
         return np.min(np.stack(list(self.domain_scores(flow_scores, statistics).values())), axis=0)
+
+    def score_left_out(
+        self, flow_scores: np.ndarray, statistics: np.ndarray, domains: Sequence[str]
+    ) -> np.ndarray:
+        """The score of clips that are themselves in the memories, each with itself left out.
+
+        Used for the held-out clips, whose statistics the memories hold: the
+        nearest neighbour of a clip in its own domain's memory is then the
+        nearest *other* clip, as for a clip never seen.
+        """
+        memory = self.memory
+        standard = (np.asarray(statistics, dtype=np.float64) - memory.center_) / memory.scale_
+        labels = np.asarray(list(domains), dtype=str)
+        flow = np.asarray(flow_scores, dtype=np.float64)
+        per_domain = []
+        for d, stored in memory.memories_.items():
+            distances = np.empty(len(standard))
+            for i, vector in enumerate(standard):
+                gaps = np.linalg.norm(stored - vector, axis=1)
+                if labels[i] == d and len(stored) > 1:  # skip the clip itself, at distance 0
+                    gaps[np.argmin(gaps)] = np.inf
+                distances[i] = gaps.min() / memory.radii_[d]
+            per_domain.append(
+                (flow - self.flow_location[d]) / self.flow_spread[d]
+                + (distances - 1.0) / self.memory_spread[d]
+            )
+        return np.min(np.stack(per_domain), axis=0)
 
     def state(self) -> dict[str, Any]:
         """Plain values and tensors for a detector file (see :meth:`from_state`)."""

@@ -196,12 +196,13 @@ def test_fit_records_training(detector):
     assert detector.precision_source_.shape == detector.precision_target_.shape == (128, 128)
     # Three target clips: the target covariance is its own, not the source one.
     assert not np.allclose(detector.precision_source_, detector.precision_target_)
-    # holdout=0.25: 2 of the 10 source clips and 1 of the 3 target clips are not trained on.
-    assert sorted(detector.holdout_domains_.tolist()) == ["source", "source", "target"]
+    # 2 of the 10 source clips (holdout 0.25) and 2 of the 3 target clips (holdout_target 0.5,
+    # rounded) are not trained on.
+    assert sorted(detector.holdout_domains_.tolist()) == ["source"] * 2 + ["target"] * 2
     for mode in SCORE_MODES:
-        assert detector.train_scores_[mode].shape == (10,)
+        assert detector.train_scores_[mode].shape == (9,)
         held = detector.holdout_scores_[mode]
-        assert held.shape == (3,)
+        assert held.shape == (4,)
         assert np.mean(held <= detector.thresholds_[mode]) >= 0.5
 
 
@@ -211,7 +212,8 @@ def test_loud_tone_scores_higher(detector, clips, mode):
     scores = detector.score(test, score_mode=mode)
     labels = [int(c.label == "anomaly") for c in test]
     assert scores.shape == (16,) and np.all(np.isfinite(scores))
-    assert auc(labels, scores) == 1.0
+    # 9 one-second training clips (4 are held out): the tone is found, not always perfectly.
+    assert auc(labels, scores) >= 0.85
     decisions = detector.predict(test, score_mode=mode)
     np.testing.assert_array_equal(decisions, scores > detector.thresholds_[mode])
     assert decisions.dtype == np.int64

@@ -23,6 +23,15 @@ def test_split_is_stratified_seeded_and_complete():
     assert not np.array_equal(other[1], held)
 
 
+def test_the_target_domain_has_its_own_fraction():
+    domains = ["source"] * 40 + ["target"] * 10
+    fit, held = holdout_split(domains, 0.1, seed=0, target_fraction=0.5)
+    labels = np.array(domains)
+    assert (labels[held] == "source").sum() == 4 and (labels[held] == "target").sum() == 5
+    fit, held = holdout_split(domains, 0.0, seed=0, target_fraction=0.0)
+    assert held.size == 0
+
+
 def test_split_keeps_lone_clips_and_nothing_at_zero():
     fit, held = holdout_split(["source"] * 5 + ["target"], 0.5, seed=0)
     assert "target" not in np.array(["source"] * 5 + ["target"])[held]

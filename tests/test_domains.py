@@ -62,7 +62,7 @@ def test_domain_aware_detector_on_clips(valve, shared_cache, tmp_path):
     # Quick mode, valve: both domains' anomalies are found (the reference kNN reaches about 0.9).
     assert min(result.auc_source, result.auc_target) > 0.75, result
     # The threshold is fitted to the held-out clips' domain-aware scores.
-    assert det.holdout_scores_.size == 11
+    assert det.holdout_scores_.size == 12
     loaded = CFlowDetector.load(det.save(tmp_path / "da.pt"), progress=False)
     np.testing.assert_array_equal(loaded.score(test), scores)
     # The flows alone give the report's score; the domain term re-ranks the clips.
