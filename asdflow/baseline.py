@@ -261,13 +261,7 @@ class AEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AEConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ModelError`."""
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ModelError(
-                f"unknown autoencoder settings {unknown}: the file was written by another "
-                "asdflow version; re-train with this one"
-            )
-        return cls(**data)
+        return storage.settings_from_dict(cls, data, "autoencoder")
 
 
 def _check_mode(mode: str) -> None:

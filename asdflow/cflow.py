@@ -1175,13 +1175,6 @@ def _abs_max(fibers: Tensor, chunk: int = 65536) -> float:
     return peak
 
 
-def _threshold(scores: np.ndarray, quantile: float) -> float:
-    """:func:`asdflow.evaluation.gamma_threshold` of the training scores, as a float."""
-    from asdflow.evaluation import gamma_threshold
-
-    return float(gamma_threshold(scores, quantile=quantile))
-
-
 def _images_hash(images: Sequence[np.ndarray]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for image in images:
@@ -1226,7 +1219,8 @@ class CFlowDetector:
     decoders_ : nn.ModuleList of ScaleDecoder
         One decoder per scale: a fixed fiber normalisation and a conditional flow.
     constants_ : ScoreConstants
-        Normalisation constants of the anomaly map (from the training clips).
+        Normalisation constants of the anomaly map (from the held-out clips;
+        from the training clips when nothing was held out).
     train_scores_ : np.ndarray [shape=(n_fit,)]
         Scores of the clips the decoders were trained on (optimistic).
     holdout_scores_ : np.ndarray [shape=(n_held,)]
@@ -1234,6 +1228,10 @@ class CFlowDetector:
         decoders never saw; empty when nothing was held out.
     holdout_domains_ : np.ndarray of str [shape=(n_held,)]
         Their domains.
+    domain_scorer_ : DomainScorer or None
+        With ``config.domain_aware``, the fitted parts of the domain-aware
+        score (:mod:`asdflow.domains`); then ``train_scores_``,
+        ``holdout_scores_`` and the threshold are domain-aware scores too.
     threshold_ : float
         Decision threshold: :func:`asdflow.calibration.domain_threshold` of
         ``holdout_scores_`` (of ``train_scores_`` when nothing was held out),
@@ -1363,7 +1361,8 @@ class CFlowDetector:
     ) -> CFlowDetector:
         """Train the decoders on normal clips and freeze score constants and threshold.
 
-        ``config.holdout`` of each domain's clips are set aside first
+        ``config.holdout`` of the source clips and ``config.holdout_target``
+        of the target clips are set aside first
         (:func:`asdflow.calibration.holdout_split`); the row statistics and
         decoders are fitted to the others, and the score constants and the
         decision threshold to the held-out clips' log-likelihoods and scores.
@@ -1420,9 +1419,8 @@ class CFlowDetector:
         fit_domains = np.array([all_domains[i] for i in fit_index], dtype=str)
         held_domains = np.array([all_domains[i] for i in held_index], dtype=str)
         if cfg.domain_aware:
-            mel = self._mel_rows(raw[0].shape[0])
-            fit_statistics = image_statistics(raw, mel)
-            held_statistics = image_statistics(held_raw, mel) if held_raw else fit_statistics[:0]
+            # Log-mel statistics of every training clip, the trained ones first, as in scoring.
+            statistics = image_statistics(raw + held_raw, self._mel_rows(raw[0].shape[0]))
         del everything
         for name in _LEARNED:  # a failed fit must not leave a half-updated detector
             self.__dict__.pop(name, None)
@@ -1452,8 +1450,10 @@ class CFlowDetector:
         self.channels_ = [int(f.shape[1]) for f in bank.fibers]
         for s, n in enumerate(bank.n_fibers):
             if n < cfg.fiber_batch:
+                held = f" ({len(held_images)} more clips are held out for the threshold)"
                 raise ModelError(
-                    f"scale {s} has only {n} training fibers, fewer than one batch of "
+                    f"scale {s} has only {n} training fibers from {len(images)} clips"
+                    f"{held if len(held_images) else ''}, fewer than one batch of "
                     f"{cfg.fiber_batch}: use more or longer clips, or a smaller fiber_batch"
                 )
 
@@ -1489,18 +1489,17 @@ class CFlowDetector:
                 (held_scores, held_domains) if held_scores.size else (train_scores, fit_domains)
             )
             scorer = DomainScorer.fit(
-                np.concatenate([fit_statistics, held_statistics]),
+                statistics,
                 np.concatenate([fit_domains, held_domains]),
                 *reference,
             )
             # Training and held-out clips are in the memories: score each with itself left out.
-            train_scores = scorer.score_left_out(train_scores, fit_statistics, fit_domains)
-            if held_scores.size:
-                held_scores = scorer.score_left_out(held_scores, held_statistics, held_domains)
+            left_out = scorer.score_training_clips(np.concatenate([train_scores, held_scores]))
+            train_scores, held_scores = left_out[: len(images)], left_out[len(images) :]
         if held_scores.size:
             threshold = domain_threshold(held_scores, held_domains, cfg.threshold_quantile)
         else:
-            threshold = _threshold(train_scores, cfg.threshold_quantile)
+            threshold = domain_threshold(train_scores, fit_domains, cfg.threshold_quantile)
         if not math.isfinite(threshold):
             raise ModelError(
                 f"the decision threshold fitted to the held-out scores is {threshold}; nothing "
@@ -1865,8 +1864,9 @@ class CFlowDetector:
         Returns
         -------
         np.ndarray [shape=(n, n_kept_rows, frames), dtype=float32]
-            ``map_max - sum over scales of exp(log p / C - scale_max)``,
-            upsampled; at least 0 on the training clips. ``n_kept_rows`` is
+            ``map_max - sum over scales of exp(min(log p / C - scale_max, 0))``,
+            upsampled; at least 0 on the held-out clips the constants come
+            from. ``n_kept_rows`` is
             the number of input rows (158) unless ``config.rows`` keeps only
             some row groups (:meth:`CFlowConfig.row_indices` lists them).
         """

@@ -164,42 +164,29 @@ class DomainScorer:
         """``z_d`` of every clip for every training domain ``d``."""
         distances = self.memory.domain_distances(list(statistics))
         flow = np.asarray(flow_scores, dtype=np.float64)
-        return {
-            d: (flow - self.flow_location[d]) / self.flow_spread[d]
-            + (distances[d] - 1.0) / self.memory_spread[d]
-            for d in distances
-        }
+        return {d: self._z(d, flow, distances[d]) for d in distances}
 
     def score(self, flow_scores: np.ndarray, statistics: np.ndarray) -> np.ndarray:
         """The domain-aware score: the smallest ``z_d`` of each clip."""
         return np.min(np.stack(list(self.domain_scores(flow_scores, statistics).values())), axis=0)
 
-    def score_left_out(
-        self, flow_scores: np.ndarray, statistics: np.ndarray, domains: Sequence[str]
-    ) -> np.ndarray:
-        """The score of clips that are themselves in the memories, each with itself left out.
+    def score_training_clips(self, flow_scores: np.ndarray) -> np.ndarray:
+        """The score of the clips the memories hold, each with itself left out of them.
 
-        Used for the held-out clips, whose statistics the memories hold: the
-        nearest neighbour of a clip in its own domain's memory is then the
-        nearest *other* clip, as for a clip never seen.
+        ``flow_scores`` are in the order of the statistics given to
+        :meth:`fit`. A clip's nearest neighbour in its own domain's memory is
+        then the nearest *other* clip, as for a clip never seen
+        (:meth:`asdflow.knn.KNNDetector.left_out_distances`).
         """
-        memory = self.memory
-        standard = (np.asarray(statistics, dtype=np.float64) - memory.center_) / memory.scale_
-        labels = np.asarray(list(domains), dtype=str)
         flow = np.asarray(flow_scores, dtype=np.float64)
-        per_domain = []
-        for d, stored in memory.memories_.items():
-            distances = np.empty(len(standard))
-            for i, vector in enumerate(standard):
-                gaps = np.linalg.norm(stored - vector, axis=1)
-                if labels[i] == d and len(stored) > 1:  # skip the clip itself, at distance 0
-                    gaps[np.argmin(gaps)] = np.inf
-                distances[i] = gaps.min() / memory.radii_[d]
-            per_domain.append(
-                (flow - self.flow_location[d]) / self.flow_spread[d]
-                + (distances - 1.0) / self.memory_spread[d]
-            )
-        return np.min(np.stack(per_domain), axis=0)
+        distances = self.memory.left_out_distances()
+        return np.min(np.stack([self._z(d, flow, distances[d]) for d in distances]), axis=0)
+
+    def _z(self, domain: str, flow: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """``z_d`` from the flow scores and the radius-scaled distances to memory ``d``."""
+        return (flow - self.flow_location[domain]) / self.flow_spread[domain] + (
+            distance - 1.0
+        ) / self.memory_spread[domain]
 
     def state(self) -> dict[str, Any]:
         """Plain values and tensors for a detector file (see :meth:`from_state`)."""

@@ -133,13 +133,7 @@ class KNNConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KNNConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ModelError`."""
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ModelError(
-                f"unknown kNN settings {unknown}: the file was written by another asdflow "
-                "version; re-train with this one"
-            )
-        return cls(**data)
+        return storage.settings_from_dict(cls, data, "kNN")
 
 
 def clip_statistics(y: np.ndarray, config: KNNConfig | None = None) -> np.ndarray:
@@ -306,24 +300,36 @@ class KNNDetector:
             radii = {d: 1.0 for d in memories}
         fallback = float(np.median(list(radii.values())))
         radii = {d: max(radii.get(d, fallback), 1e-12) for d in memories}
-        # Leave-one-out scores: each clip against the other clips of its domain.
-        train_scores = np.full(len(items), np.inf)
-        for d in memories:
-            rows = np.flatnonzero(labels == d)
-            for other, other_memory in memories.items():
-                if other == d and len(other_memory) < 2:
-                    continue
-                distance = nearest_distances(standard[rows], other_memory, leave_out=other == d)
-                train_scores[rows] = np.minimum(train_scores[rows], distance / radii[other])
         self.machine_ = machine
         self.center_ = center
         self.scale_ = scale
         self.memories_ = memories
         self.radii_ = radii
-        self.train_scores_ = train_scores
         self.train_domains_ = labels
+        train_scores = np.min(np.stack(list(self.left_out_distances().values())), axis=0)
+        self.train_scores_ = train_scores
         self.threshold_ = domain_threshold(train_scores, labels, self.config.threshold_quantile)
         return self
+
+    def left_out_distances(self) -> dict[str, np.ndarray]:
+        """Per domain memory, each training clip's radius-scaled distance, itself left out.
+
+        The training clips in the order :meth:`fit` was given them; a clip of
+        domain ``d`` is compared with the *other* clips of memory ``d``, so
+        that it scores as an unseen clip would (infinite where that memory
+        holds nothing else). The minimum over the domains is
+        ``train_scores_``.
+        """
+        out = {}
+        for other, memory in self.memories_.items():
+            ratio = np.full(len(self.train_domains_), np.inf)
+            for d, queries in self.memories_.items():  # memory d holds the clips of d, in order
+                if other == d and len(memory) < 2:
+                    continue
+                distance = nearest_distances(queries, memory, leave_out=other == d)
+                ratio[self.train_domains_ == d] = distance / self.radii_[other]
+            out[other] = ratio
+        return out
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):

@@ -23,6 +23,7 @@ the value and what is allowed, instead of a ``TypeError`` deep in training.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -488,3 +489,17 @@ def flag(owner: str, name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ParameterError(f"{owner}.{name} must be true or false, got {_shown(value)}")
     return value
+
+
+def settings_from_dict(cls: type, data: dict[str, Any], what: str) -> Any:
+    """A settings dataclass from its ``to_dict`` form; unknown keys raise :class:`ModelError`.
+
+    ``what`` names the settings in the message, e.g. ``"autoencoder"``.
+    """
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ModelError(
+            f"unknown {what} settings {unknown}: the file was written by another asdflow "
+            "version; re-train with this one"
+        )
+    return cls(**data)
