@@ -245,8 +245,9 @@ class AEConfig:
         zero) and Adam at lr 1e-3 needs several hundred steps to get there:
         smaller batches give a small data set enough steps. On the quick
         factory of :mod:`asdflow.synth` (44 training clips of 2 s per machine
-        type) that is about 700 steps. A quarter of the clips is held out
-        for the thresholds (``holdout=0.25``, as ``CFlowConfig.quick``).
+        type) that is about 700 steps. A quarter of the source clips (and
+        half of the target clips) is held out for the thresholds
+        (``holdout=0.25``, as ``CFlowConfig.quick``).
         Keyword arguments override single fields, e.g.
         ``AEConfig.quick(epochs=3)``.
         """
@@ -521,8 +522,8 @@ class AutoencoderDetector:
     train_scores_ : dict of str to np.ndarray [shape=(n_fit,)]
         Scores of the clips the network was trained on, in each mode.
     holdout_scores_ : dict of str to np.ndarray [shape=(n_held,)]
-        Scores of the held-out training clips (``config.holdout``) in each
-        mode; empty when nothing was held out.
+        Scores of the held-out training clips (``config.holdout`` and
+        ``config.holdout_target``) in each mode; empty when nothing was held out.
     holdout_domains_ : np.ndarray of str [shape=(n_held,)]
         Their domains.
     thresholds_ : dict of str to float

@@ -1224,8 +1224,9 @@ class CFlowDetector:
     train_scores_ : np.ndarray [shape=(n_fit,)]
         Scores of the clips the decoders were trained on (optimistic).
     holdout_scores_ : np.ndarray [shape=(n_held,)]
-        Scores of the held-out training clips (``config.holdout``), which the
-        decoders never saw; empty when nothing was held out.
+        Scores of the held-out training clips (``config.holdout`` and
+        ``config.holdout_target``), which the decoders never saw; empty when
+        nothing was held out.
     holdout_domains_ : np.ndarray of str [shape=(n_held,)]
         Their domains.
     domain_scorer_ : DomainScorer or None
