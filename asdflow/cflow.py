@@ -90,7 +90,7 @@ __all__ = [
 #: Version of the layout of the files written by :meth:`CFlowDetector.save`.
 #: Bump it whenever the layout changes; :meth:`CFlowDetector.load` refuses
 #: files of any other version.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 _FILE_KIND = "asdflow.cflow.CFlowDetector"
 _CHECKPOINT_KIND = "asdflow.cflow.checkpoint"

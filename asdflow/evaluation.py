@@ -64,6 +64,7 @@ __all__ = [
     "ResultTable",
     "Truth",
     "auc",
+    "best_f1",
     "decision_file_name",
     "domain_auc",
     "evaluate",
@@ -590,6 +591,61 @@ def precision_recall_f1(
     recall = tp / max(tp + fn, EPS)
     f1 = 2.0 * precision * recall / max(precision + recall, EPS)
     return float(precision), float(recall), float(f1)
+
+
+def best_f1(
+    y_true: np.ndarray | Sequence[int],
+    scores: np.ndarray | Sequence[float],
+    *,
+    max_false_alarm: float = 1.0,
+) -> tuple[float, float]:
+    """The best F1 that any threshold on these scores reaches, with its false-alarm rate.
+
+    Every threshold that flags at most ``max_false_alarm`` of the normal
+    clips is tried (a clip is flagged when its score is at least the
+    threshold; flagging nothing is allowed). The result bounds what a
+    threshold fitted without labels can reach on these clips: when it is
+    below the F1 of flagging every clip, no threshold can help, only a
+    better ranking. Pass one domain's clips, as for :func:`precision_recall_f1`.
+
+    Parameters
+    ----------
+    y_true : array-like of int [shape=(n,)]
+        1 for anomalous clips, 0 for normal ones (both present).
+    scores : array-like of float [shape=(n,)]
+        Anomaly scores, higher = more anomalous.
+    max_false_alarm : float
+        The largest share of normal clips a threshold may flag, in [0, 1].
+
+    Returns
+    -------
+    f1, false_alarm : float
+        The best F1 and the share of normal clips its threshold flags.
+
+    Examples
+    --------
+    >>> best_f1([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    (0.8, 0.5)
+    >>> best_f1([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], max_false_alarm=0.0)
+    (0.6666666666666666, 0.0)
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise SubmissionError(f"{y.size} labels but {s.size} scores; give one per clip.")
+    if not (np.any(y == 0) and np.any(y == 1)):
+        raise SubmissionError("best_f1 needs normal and anomalous clips.")
+    if not 0.0 <= max_false_alarm <= 1.0:
+        raise ParameterError(f"max_false_alarm must lie in [0, 1], not {max_false_alarm}.")
+    best = (0.0, 0.0)  # flagging nothing
+    for threshold in np.unique(s):
+        flagged = (s >= threshold).astype(int)
+        false_alarm = float(np.mean(flagged[y == 0]))
+        if false_alarm <= max_false_alarm:
+            f1 = precision_recall_f1(y, flagged)[2]
+            if f1 > best[0]:
+                best = (f1, false_alarm)
+    return best
 
 
 def harmonic_mean(values: Iterable[float]) -> float:

@@ -77,3 +77,23 @@ def test_domain_aware_needs_the_mel_rows():
     config = CFlowConfig.quick(n_blocks=1, epochs=1, fiber_batch=16, domain_aware=True)
     with pytest.raises(ModelError, match="log-mel rows"):
         CFlowDetector(config, progress=False).fit(images)
+
+
+def test_each_term_has_one_spread_taken_from_the_source_domain():
+    rng = np.random.default_rng(1)
+    statistics = np.vstack([rng.normal(0.0, 1.0, size=(100, 4)), rng.normal(5.0, 1.0, size=(4, 4))])
+    domains = ["source"] * 100 + ["target"] * 4
+    source_held = rng.normal(1.0, 0.2, 20)
+    # Three held-out target clips with almost no spread: dividing by it would explode z_target.
+    held = np.concatenate([source_held, [4.0, 4.0 + 1e-4, 4.0 + 2e-4]])
+    scorer = DomainScorer.fit(statistics, domains, held, ["source"] * 20 + ["target"] * 3)
+    assert scorer.flow_spread == pytest.approx(np.std(source_held))
+    assert scorer.flow_location["target"] == pytest.approx(4.0 + 1e-4)
+    # Half a unit above the target normals is 0.5 / 0.2 source spreads, not 0.5 / 1e-4.
+    flow = np.array([4.5])
+    near_target = rng.normal(5.0, 1.0, size=(1, 4))
+    z = scorer.domain_scores(flow, near_target)["target"][0]
+    distance = scorer.memory.domain_distances(list(near_target))["target"][0]
+    expected = (4.5 - (4.0 + 1e-4)) / np.std(source_held) + (distance - 1.0) / scorer.memory_spread
+    assert z == pytest.approx(expected)
+    assert abs(z) < 10

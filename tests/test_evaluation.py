@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from asdflow.data import Clip
-from asdflow.errors import AsdflowError, ModelError, SubmissionError
+from asdflow.errors import AsdflowError, ModelError, ParameterError, SubmissionError
 from asdflow.evaluation import (
     EPS,
     REPORT_TABLE1,
@@ -21,6 +21,7 @@ from asdflow.evaluation import (
     MachineResult,
     Truth,
     auc,
+    best_f1,
     decision_file_name,
     domain_auc,
     evaluate,
@@ -496,3 +497,34 @@ def test_single_run_has_no_sd():
     assert table.cell("official score", "", "AE").mean == close(
         scipy.stats.hmean([0.6, 0.7, 0.55]), size=1 / 0.55, terms=3
     )
+
+
+def test_best_f1_is_the_best_threshold_within_the_false_alarm_budget():
+    rng = np.random.default_rng(3)
+    y = np.repeat([0, 1], 30)
+    scores = np.round(rng.normal(size=60) + y, 1)  # ties on purpose
+    for budget in (0.0, 0.1, 0.3, 1.0):
+        f1, false_alarm = best_f1(y, scores, max_false_alarm=budget)
+        assert false_alarm <= budget
+        # Independent check: every cut of the sorted scores, by scikit-learn's F1.
+        allowed = [
+            f1_score(y, (scores >= t).astype(int))
+            for t in np.concatenate([np.unique(scores), [np.inf]])
+            if np.mean(scores[y == 0] >= t) <= budget
+        ]
+        assert f1 == pytest.approx(max(allowed), abs=1e-12)
+    # A larger budget never lowers the best F1; with no budget, flagging everything is allowed.
+    f1s = [best_f1(y, scores, max_false_alarm=b)[0] for b in (0.0, 0.1, 0.3, 1.0)]
+    assert f1s == sorted(f1s)
+    assert f1s[-1] >= precision_recall_f1(y, np.ones(60, int))[2]
+
+
+def test_best_f1_of_a_perfect_and_of_a_reversed_ranking():
+    y = np.repeat([0, 1], 5)
+    assert best_f1(y, y.astype(float), max_false_alarm=0.0) == (1.0, 0.0)
+    # Reversed: within a 30 % budget a threshold catches no anomaly, so F1 stays 0.
+    assert best_f1(y, -y.astype(float), max_false_alarm=0.3) == (0.0, 0.0)
+    with pytest.raises(SubmissionError, match="normal and anomalous"):
+        best_f1([0, 0], [0.1, 0.2])
+    with pytest.raises(ParameterError, match="max_false_alarm"):
+        best_f1(y, y, max_false_alarm=1.5)
