@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from asdflow.detector import MODELS, VARIANTS, table_order
 from asdflow.errors import AsdflowError, ParameterError
 
 
@@ -259,18 +260,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"1. generating the quick synthetic factory in {folder}")
     root = synth.make_factory(folder, seed=args.seed, **synth.QUICK_FACTORY)
     print(data.describe(root))
+    detectors = [
+        f"{VARIANTS[n].method} ({VARIANTS[n].settings})"
+        if n in VARIANTS
+        else MODELS[n].help or MODELS[n].method
+        for n in table_order()
+    ]
     print(
-        "\n2. training the DCASE baseline autoencoder (AEConfig.quick()), the nearest-neighbour "
-        "reference (KNNConfig()), the report's CFlow (CFlowConfig.quick()) and the domain-aware "
-        "CFlow (domain_aware=True) on the normal training clips of each machine type, then scoring "
-        f"the test clips (run folders in {workdir / 'runs'})",
+        f"\n2. training {', '.join(detectors)} in their quick settings on the normal training "
+        "clips of each machine type, then scoring the test clips "
+        f"(run folders in {workdir / 'runs'})",
         flush=True,
     )
     summary = experiment.reproduce(
         root,
         workdir / "runs",
         seeds=[args.seed],
-        models=["ae", "knn", "cflow", "cflow-da"],
+        models=table_order(),
         quick=True,
         device=args.device,
         name="demo",
@@ -457,10 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--machine", required=True, metavar="M", help="machine type, e.g. fan")
     p.add_argument(
         "--model",
-        choices=["cflow", "ae", "knn"],
+        choices=list(MODELS),
         default="cflow",
-        help="cflow: CFlow; ae: the DCASE 2024 baseline autoencoder; knn: the nearest-neighbour "
-        "reference on log-mel statistics (default: %(default)s)",
+        help="; ".join(f"{name}: {spec.help or spec.method}" for name, spec in MODELS.items())
+        + " (default: %(default)s)",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder to save in")
     p.add_argument(
@@ -600,9 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models",
         nargs="+",
-        choices=["ae", "knn", "cflow", "cflow-da"],
-        default=["ae", "knn", "cflow"],
-        help="cflow-da: the domain-aware CFlow (default: ae knn cflow)",
+        choices=table_order(),
+        default=[n for n in table_order() if n in MODELS],
+        help="; ".join(f"{v.name}: {v.method}" for v in VARIANTS.values())
+        + f" (default: {' '.join(n for n in table_order() if n in MODELS)})",
     )
     p.add_argument("--quick", action="store_true", help="quick-mode settings (CPU-friendly)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: automatic)")

@@ -50,6 +50,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asdflow import files
+from asdflow.detector import (
+    MODELS,
+    VARIANTS,
+    Detector,
+    FieldView,
+    method_name,
+    model_of_config,
+    model_spec,
+    table_order,
+)
+from asdflow.detector import DetectorConfig as Config
 from asdflow.errors import (
     LayoutError,
     ModelError,
@@ -58,15 +69,9 @@ from asdflow.errors import (
 )
 
 if TYPE_CHECKING:
-    from asdflow.baseline import AEConfig, AutoencoderDetector
-    from asdflow.cflow import CFlowConfig, CFlowDetector
     from asdflow.data import Clip
     from asdflow.evaluation import Cell, MachineResult, ResultTable, Truth
-    from asdflow.knn import KNNConfig, KNNDetector
     from asdflow.modes import Mode
-
-    Detector = CFlowDetector | AutoencoderDetector | KNNDetector
-    Config = CFlowConfig | AEConfig | KNNConfig
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -97,25 +102,16 @@ __all__ = [
     "VARIANTS",
 ]
 
-MODELS = ("cflow", "ae", "knn")
-"""The detectors: ``"cflow"`` (:mod:`asdflow.cflow`), ``"ae"`` (the DCASE baseline,
-:mod:`asdflow.baseline`) and ``"knn"`` (the nearest-neighbour reference, :mod:`asdflow.knn`)."""
+# MODELS and VARIANTS (the registry, asdflow.detector) are importable from here too.
 
-METHODS = {"cflow": "CFlow", "ae": "Baseline", "knn": "kNN"}
-"""Column name of each model in result tables."""
+METHODS = FieldView("method")
+"""Column name of each registered model in result tables (a view of :data:`MODELS`)."""
 
-VARIANTS = {"cflow-da": ("cflow", {"domain_aware": True})}
-"""Named variants that :func:`reproduce` runs beside the models: key -> (model, settings).
-
-``"cflow-da"`` is the domain-aware CFlow (``CFlowConfig(domain_aware=True)``), column
-``"CFlow (domain-aware)"``; its runs live in ``out/cflow-da/<machine>/seed<S>``.
-"""
-
-DOMAIN_AWARE_METHOD = "CFlow (domain-aware)"
+DOMAIN_AWARE_METHOD = VARIANTS["cflow-da"].method
 """Column name of the domain-aware CFlow in result tables."""
 
-DETECTOR_FILES = {"cflow": "cflow.pt", "ae": "autoencoder.pt", "knn": "knn.pt"}
-"""File name of the saved detector of each model in a run folder."""
+DETECTOR_FILES = FieldView("file")
+"""File name of the saved detector of each registered model in a run folder."""
 
 RUN_FILE = "run.json"
 """File name of the :class:`RunInfo` record of a run folder."""
@@ -154,11 +150,6 @@ def _jsonable(value: Any) -> Any:
 def _is_plain_name(name: str) -> bool:
     """True for a file name without folder parts, e.g. ``"results"`` or ``"table1-quick"``."""
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)) and ".." not in name
-
-
-def _check_model(model: str) -> None:
-    if model not in MODELS:
-        raise ParameterError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
 
 
 def _check_device(device: str | None) -> None:
@@ -340,8 +331,8 @@ def run_config(
     """
     from asdflow import features
 
-    _check_model(model)
-    cls = _config_class(model)
+    spec = model_spec(model)
+    cls = spec.config_class()
     changes = dict(changes or {})
     names = {f.name for f in dataclasses.fields(cls)} - {"features"}
     unknown = sorted(set(changes) - names)
@@ -351,7 +342,7 @@ def run_config(
             f"known fields: {', '.join(sorted(names))}"
         )
     settings: dict[str, Any] = {"seed": int(seed)}
-    if model == "cflow":
+    if spec.feature_images:
         train = _train_clips(root, machine)
         settings["features"] = features.FeatureConfig().with_nominal_length(train)
     if epochs is not None and "epochs" in names:  # the kNN detector has no epochs
@@ -485,9 +476,7 @@ class RunInfo:
     @property
     def method(self) -> str:
         """The column name of this run in result tables (``"CFlow"``, ``"Baseline"``, ``"kNN"``...)."""
-        if self.model == "cflow" and self.config.get("domain_aware"):
-            return DOMAIN_AWARE_METHOD
-        return METHODS.get(self.model, self.model)
+        return method_name(self.model, self.config)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON values."""
@@ -530,9 +519,9 @@ def _write_run_info(directory: Path, info: RunInfo) -> None:
 
 def _detector_path(directory: Path) -> tuple[str, Path] | None:
     """(model, path) of the detector file in ``directory``, or None."""
-    for model, name in DETECTOR_FILES.items():
-        if (directory / name).is_file():
-            return model, directory / name
+    for model, spec in MODELS.items():
+        if (directory / spec.file).is_file():
+            return model, directory / spec.file
     return None
 
 
@@ -554,41 +543,6 @@ def is_finished(directory: str | os.PathLike[str], machine: str) -> bool:
     return has_detector(directory) and all(
         p.is_file() for p in _submission_paths(directory, machine)
     )
-
-
-def _detector_class(model: str) -> type:
-    """The detector class of a model name."""
-    if model == "cflow":
-        from asdflow.cflow import CFlowDetector
-
-        return CFlowDetector
-    if model == "knn":
-        from asdflow.knn import KNNDetector
-
-        return KNNDetector
-    from asdflow.baseline import AutoencoderDetector
-
-    return AutoencoderDetector
-
-
-def _config_class(model: str) -> type:
-    """The configuration class of a model name."""
-    from asdflow.baseline import AEConfig
-    from asdflow.cflow import CFlowConfig
-    from asdflow.knn import KNNConfig
-
-    return {"cflow": CFlowConfig, "ae": AEConfig, "knn": KNNConfig}[model]
-
-
-def _new_detector(model: str, config: Config, device: str | None, progress: bool) -> Detector:
-    return _detector_class(model)(config, device=device, progress=progress)
-
-
-def _model_of(config: Config) -> str:
-    for model in MODELS:
-        if isinstance(config, _config_class(model)):
-            return model
-    raise ParameterError(f"not a detector configuration: {type(config).__name__}")
 
 
 def _versions() -> dict[str, str]:
@@ -677,9 +631,9 @@ def train_run(
     """
     _check_device(device)
     if config is None:
-        _check_model(model)
+        model_spec(model)
         config = run_config(model, root, machine, quick=quick)
-    elif _model_of(config) != model:
+    elif model_of_config(config).name != model:
         raise ParameterError(f"model {model!r} was asked for with a {type(config).__name__}")
     out = files.writable_folder(out, "run folder")
     with files.folder_lock(out, "run folder"):
@@ -748,11 +702,12 @@ def _train_locked(
         f"into {out}" + (" - resuming from the checkpoint" if resumed else ""),
         progress,
     )
-    detector = _new_detector(model, config, device, progress)
+    spec = model_spec(model)
+    detector = spec.detector_class()(config, device=device, progress=progress)
     start = time.perf_counter()
     try:
-        if model == "cflow":
-            detector.fit(clips, checkpoint=checkpoint)  # type: ignore[call-arg]
+        if spec.resumable:
+            detector.fit(clips, checkpoint=checkpoint)
         else:
             detector.fit(clips)
     except BaseException:
@@ -836,7 +791,7 @@ def load_detector(
             f"one first: asdflow train ROOT --machine M --out {directory}"
         )
     model, path = found
-    return _detector_class(model).load(path, device=device, progress=progress)
+    return model_spec(model).detector_class().load(path, device=device, progress=progress)
 
 
 def score_run(
@@ -1152,7 +1107,10 @@ class Summary:
 
 def _order_methods(table: ResultTable) -> ResultTable:
     """Columns as in the report's Table 1: each published column beside ours, baseline first."""
-    order = ["Baseline (report)", "Baseline", "kNN", "CFlow (report)", "CFlow", DOMAIN_AWARE_METHOD]
+    order = []
+    for name in table_order():
+        method = VARIANTS[name].method if name in VARIANTS else MODELS[name].method
+        order += [f"{method} (report)", method]
     known = [m for m in order if m in table.methods]
     rest = [m for m in table.methods if m not in order]
     return dataclasses.replace(table, methods=tuple(known + rest))
@@ -1314,7 +1272,7 @@ def reproduce(
     models = list(dict.fromkeys(models))
     for key in models:
         if key not in VARIANTS:
-            _check_model(key)
+            model_spec(key)
     per_model: dict[str, dict[str, Any]] = {m: {} for m in MODELS}
     for key, value in (changes or {}).items():
         model, sep, field_name = key.partition(".")
@@ -1337,7 +1295,8 @@ def reproduce(
     trained = tested = 0
     dirs = []
     for i, (key, machine, seed) in enumerate(plan, start=1):
-        model, variant = VARIANTS.get(key, (key, {}))
+        variant = VARIANTS[key].settings if key in VARIANTS else {}
+        model = VARIANTS[key].model if key in VARIANTS else key
         directory = run_dir(out, key, machine, seed)
         dirs.append(directory)
         config = run_config(
@@ -1349,7 +1308,7 @@ def reproduce(
             epochs=epochs,
             changes={**per_model[model], **variant},
         )
-        method = DOMAIN_AWARE_METHOD if variant else METHODS[model]
+        method = VARIANTS[key].method if key in VARIANTS else METHODS[model]
         label = f"[{i}/{len(plan)}] {method} {machine} seed {seed}"
         info = read_run_info(directory) if has_detector(directory) else None
         if info is not None:
@@ -1453,7 +1412,7 @@ def trained_detector(
     """
     from asdflow.modes import cache_dir
 
-    _check_model(model)
+    model_spec(model)
     if variant is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", variant):
         raise ParameterError(
             f"variant names a folder: use letters, digits, - and _, got {variant!r}"
