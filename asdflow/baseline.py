@@ -27,7 +27,7 @@ which also serves the 2024 task). The steps:
 
 5. **decision**: a clip is anomalous when its score exceeds the 0.9 quantile
    of a gamma distribution fitted to the training scores
-   (:func:`asdflow.evaluation.gamma_threshold`).
+   (:func:`asdflow.calibration.gamma_threshold`).
 
 What the official code does, and where this module differs (read from
 ``networks/dcase2023t2_ae/``, ``networks/criterion/mahala.py`` and

@@ -79,7 +79,7 @@ def bench_features(
     from asdflow import features
 
     config = features.FeatureConfig(**({} if hop_length is None else {"hop_length": hop_length}))
-    n_jobs = n_jobs or features._n_cores()
+    n_jobs = n_jobs or features.n_cores()
     clips = _machine_sounds(n_clips, seconds, config.sr, seed)
 
     features.naive_feature_image(clips[0], config)  # warm-up: imports, first-call costs
@@ -166,10 +166,10 @@ def _naive_fit_seconds(config, images: list[np.ndarray], device) -> float:
     from asdflow import cflow
     from asdflow.flows import logsigmoid_loss
 
-    encoder = cflow._build_encoder(config).to(device)
+    encoder = cflow.build_encoder(config).to(device)
     x0 = torch.from_numpy(np.stack(images[:1]))[:, None].expand(-1, 3, -1, -1).to(device)
     channels = [int(out.shape[1]) for out in encoder(x0)]
-    decoders = cflow._build_decoders(config, channels).to(device).train()
+    decoders = cflow.build_decoders(config, channels).to(device).train()
     optimizer = torch.optim.Adam(decoders.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
     conditions: dict[tuple[int, int], torch.Tensor] = {}
@@ -183,8 +183,8 @@ def _naive_fit_seconds(config, images: list[np.ndarray], device) -> float:
             for scale, out in enumerate(outputs):
                 b, _, h, w = out.shape
                 if (h, w) not in conditions:
-                    conditions[(h, w)] = cflow._condition(h, w, config.cond_dim).to(device)
-                fibers = cflow._fibers(out)
+                    conditions[(h, w)] = cflow.fiber_conditions(h, w, config.cond_dim).to(device)
+                fibers = cflow.feature_fibers(out)
                 cond = conditions[(h, w)].repeat(b, 1)
                 order = torch.randperm(fibers.shape[0], generator=generator).to(device)
                 for k in range(fibers.shape[0] // n):
@@ -268,7 +268,7 @@ def bench_train(
     """
     import dataclasses
 
-    from asdflow.cflow import CFlowConfig, CFlowDetector, _auto_device
+    from asdflow.cflow import CFlowConfig, CFlowDetector, choose_device
 
     if full:
         config = CFlowConfig(weights="random", seed=seed, holdout=0.0, holdout_target=0.0)
@@ -280,7 +280,7 @@ def bench_train(
         config = dataclasses.replace(config, epochs=epochs)
     if naive is None:
         naive = not full
-    torch_device = _auto_device(device)
+    torch_device = choose_device(device)
     from asdflow.features import FeatureConfig
 
     feature_config = FeatureConfig(**({} if hop_length is None else {"hop_length": hop_length}))

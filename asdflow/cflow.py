@@ -85,6 +85,11 @@ __all__ = [
     "encode_fibers",
     "fiber_normalisation",
     "ScaleDecoder",
+    "build_decoders",
+    "build_encoder",
+    "choose_device",
+    "feature_fibers",
+    "fiber_conditions",
 ]
 
 #: Version of the layout of the files written by :meth:`CFlowDetector.save`.
@@ -716,14 +721,59 @@ def aggregate_map(maps: Tensor, how: str = "max") -> Tensor:
 # ---------------------------------------------------------------------------
 
 
-def _fibers(features: Tensor) -> Tensor:
-    """(B, C, H, W) feature maps to (B*H*W, C) fibers, position-major within an image."""
+def feature_fibers(features: Tensor) -> Tensor:
+    """Feature maps to fibers: one row per image and position, the channels as columns.
+
+    Parameters
+    ----------
+    features : Tensor [shape=(b, c, h, w)]
+        One scale of the encoder pyramid.
+
+    Returns
+    -------
+    Tensor [shape=(b * h * w, c)]
+        Position-major within an image (row ``i * h * w + y * w + x`` is
+        image ``i`` at position ``(y, x)``), the order of :func:`fiber_conditions`.
+
+    Examples
+    --------
+    >>> maps = torch.arange(2 * 3 * 2 * 2.0).reshape(2, 3, 2, 2)
+    >>> fibers = feature_fibers(maps)
+    >>> fibers.shape
+    torch.Size([8, 3])
+    >>> bool(torch.equal(fibers[5], maps[1, :, 0, 1]))
+    True
+    """
     b, c, h, w = features.shape
     return features.permute(0, 2, 3, 1).reshape(b * h * w, c)
 
 
-def _condition(height: int, width: int, dim: int, *, positional: bool = True) -> Tensor:
-    """(H*W, dim) positional encodings in the order of :func:`_fibers` (zeros if not positional)."""
+def fiber_conditions(height: int, width: int, dim: int, *, positional: bool = True) -> Tensor:
+    """The condition vector of every position of one image, in the order of :func:`feature_fibers`.
+
+    Parameters
+    ----------
+    height, width : int
+        Size of the feature map.
+    dim : int
+        Length of each condition vector (``CFlowConfig.cond_dim``).
+    positional : bool
+        False: zeros (the ablation without positional encoding).
+
+    Returns
+    -------
+    Tensor [shape=(height * width, dim), dtype=float32]
+        Row ``y * width + x``: :func:`asdflow.flows.positional_encoding` at ``(y, x)``.
+
+    Examples
+    --------
+    >>> from asdflow.flows import positional_encoding
+    >>> codes = fiber_conditions(2, 3, 8)
+    >>> codes.shape
+    torch.Size([6, 8])
+    >>> bool(torch.equal(codes[4], positional_encoding(2, 3, 8)[:, 1, 1]))
+    True
+    """
     from asdflow.flows import positional_encoding
 
     if not positional:
@@ -886,7 +936,7 @@ def encode_fibers(
             hw = shapes[s]
             if hw not in starts:
                 starts[hw] = total
-                rows.append(_condition(hw[0], hw[1], cond_dim, positional=positional))
+                rows.append(fiber_conditions(hw[0], hw[1], cond_dim, positional=positional))
                 total += hw[0] * hw[1]
         cond_table.append(torch.cat(rows))
         cond_start.append(starts)
@@ -919,7 +969,7 @@ def encode_fibers(
         for members in _size_batches(images, _GROUP):
             outputs = _encode_each(encoder, [images[i] for i in members], device)
             for s, out in enumerate(outputs):
-                flat = _fibers(out).to(torch.float16)
+                flat = feature_fibers(out).to(torch.float16)
                 per_image = flat.shape[0] // len(members)
                 for j, i in enumerate(members):
                     start = int(offsets[s][i])
@@ -947,7 +997,14 @@ def encode_fibers(
 # ---------------------------------------------------------------------------
 
 
-def _auto_device(device: str | torch.device | None) -> torch.device:
+def choose_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch device; None: CUDA when available, else the CPU.
+
+    Examples
+    --------
+    >>> choose_device("cpu")
+    device(type='cpu')
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -965,7 +1022,7 @@ def _fingerprint(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _build_encoder(config: CFlowConfig, *, progress: bool = False) -> nn.Module:
+def build_encoder(config: CFlowConfig, *, progress: bool = False) -> nn.Module:
     """The frozen encoder of ``config``; random weights are drawn from ``encoder_seed``."""
     from asdflow.encoder import Encoder
 
@@ -1118,7 +1175,7 @@ def fiber_normalisation(
     raise ParameterError(f"fiber_norm must be 'standardize', 'whiten' or 'none', got {how!r}")
 
 
-def _build_decoders(
+def build_decoders(
     config: CFlowConfig,
     channels: Sequence[int],
     normalisations: Sequence[tuple[Tensor, Tensor]] | None = None,
@@ -1333,7 +1390,7 @@ class CFlowDetector:
     def _encoder_module(self) -> nn.Module:
         """The frozen encoder, built on first use and checked against the trained one."""
         if self._encoder is None:
-            encoder = _build_encoder(self.config, progress=self.progress)
+            encoder = build_encoder(self.config, progress=self.progress)
             fingerprint = _fingerprint(encoder)
             if self._encoder_fingerprint is not None and fingerprint != self._encoder_fingerprint:
                 raise ModelError(
@@ -1348,7 +1405,7 @@ class CFlowDetector:
 
     @property
     def _device(self) -> torch.device:
-        return _auto_device(self.device)
+        return choose_device(self.device)
 
     # -- training -------------------------------------------------------------
 
@@ -1459,7 +1516,7 @@ class CFlowDetector:
                 )
 
         normalisations = [fiber_normalisation(f, cfg.fiber_norm) for f in bank.fibers]
-        decoders = _build_decoders(cfg, self.channels_, normalisations).to(device)
+        decoders = build_decoders(cfg, self.channels_, normalisations).to(device)
         self.losses_ = self._train(decoders, bank, device, data_hash, checkpoint, callback)
         self.decoders_ = decoders.eval()
         trained = time.perf_counter()
@@ -1741,10 +1798,10 @@ class CFlowDetector:
             for s, out in enumerate(outputs):
                 b, _, h, w = out.shape
                 if (h, w) not in conditions:
-                    conditions[(h, w)] = _condition(
+                    conditions[(h, w)] = fiber_conditions(
                         h, w, cfg.cond_dim, positional=cfg.positional_encoding
                     )
-                fibers = _fibers(out).to(torch.float16)
+                fibers = feature_fibers(out).to(torch.float16)
                 index = torch.arange(h * w).repeat(b)
                 log_p.append(self._decode(s, fibers, conditions[(h, w)], index).reshape(b, h, w))
             yield log_p, tuple(images[members[0]].shape), members  # type: ignore[misc]
@@ -1983,7 +2040,7 @@ class CFlowDetector:
         det.n_rows_ = int(data["n_rows"])
         det.channels_ = [int(c) for c in data["channels"]]
         det.row_stats_ = RowStats.from_dict(_tensors_to_numpy(data["row_stats"]))
-        det.decoders_ = _build_decoders(det.config, det.channels_)
+        det.decoders_ = build_decoders(det.config, det.channels_)
         det.decoders_.load_state_dict(data["decoders"])
         det.decoders_.to(det._device).eval()
         det.constants_ = ScoreConstants(

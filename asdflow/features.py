@@ -786,7 +786,8 @@ def _one_thread_per_worker() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
-def _n_cores() -> int:
+def n_cores() -> int:
+    """How many CPU cores this process may use (its affinity mask, where the OS has one)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -965,9 +966,9 @@ def extract(
     todo = [i for i, image in enumerate(images) if image is None]
 
     if n_jobs is None:
-        n_jobs = _n_cores() if len(todo) >= _POOL_MIN_CLIPS else 1
+        n_jobs = n_cores() if len(todo) >= _POOL_MIN_CLIPS else 1
     elif n_jobs == -1:
-        n_jobs = _n_cores()
+        n_jobs = n_cores()
     n_jobs = max(1, min(n_jobs, len(todo)))
 
     tasks = [(paths[i], config, entries[i] if writable else None) for i in todo]

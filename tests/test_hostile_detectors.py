@@ -234,10 +234,10 @@ def _images(n: int, seed: int = 0) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("unscaled", [True, False])
 def test_non_finite_training_scores_fail_at_fit(monkeypatch, unscaled, tmp_path):
-    real_build, real_log_p = cflow._build_encoder, cflow.log_likelihood_per_dim
+    real_build, real_log_p = cflow.build_encoder, cflow.log_likelihood_per_dim
     if unscaled:
         monkeypatch.setattr(
-            cflow, "_build_encoder", lambda config, progress=False: _Unscaled(real_build(config))
+            cflow, "build_encoder", lambda config, progress=False: _Unscaled(real_build(config))
         )
 
     def overflowing(z, log_det):
