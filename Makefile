@@ -7,7 +7,7 @@ NOTEBOOKS := $(wildcard book/*.ipynb)
 # Chapters and the demo share generated data and trained detectors here.
 export ASDFLOW_CACHE ?= $(CURDIR)/.asdflow-cache
 
-.PHONY: demo test lint unit notebooks book check-site pair clean
+.PHONY: demo test lint unit doctest notebooks book check-site pair clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/asdflow demo
 
-test: lint unit notebooks book
+test: lint unit doctest notebooks book
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check asdflow tests tools
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# The examples in the package's docstrings, run as tests.
+doctest: $(STAMP)
+	$(PY) -m pytest --doctest-modules asdflow -q -p no:cacheprovider
 
 notebooks: $(STAMP)
 	@if [ -n "$(NOTEBOOKS)" ]; then \

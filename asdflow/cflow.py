@@ -1306,8 +1306,19 @@ class CFlowDetector:
 
     Examples
     --------
-    >>> det = CFlowDetector(CFlowConfig.quick()).fit(train_images)  # doctest: +SKIP
-    >>> det.score(test_images)  # doctest: +SKIP
+    On clips, ``CFlowDetector(CFlowConfig.quick()).fit(train_clips)``; here on
+    12 made-up feature images of 158 rows and 64 frames:
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> images = [rng.normal(size=(158, 64)).astype(np.float32) for _ in range(12)]
+    >>> config = CFlowConfig.quick(epochs=1, fiber_batch=64)
+    >>> det = CFlowDetector(config, progress=False).fit(images)
+    >>> scores = det.score(images[:2])
+    >>> scores.shape, scores.dtype
+    ((2,), dtype('float64'))
+    >>> det.anomaly_maps(images[:1]).shape
+    (1, 158, 64)
     """
 
     def __init__(
