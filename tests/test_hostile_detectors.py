@@ -237,14 +237,16 @@ def test_non_finite_training_scores_fail_at_fit(monkeypatch, unscaled, tmp_path)
     real_build, real_log_p = cflow.build_encoder, cflow.log_likelihood_per_dim
     if unscaled:
         monkeypatch.setattr(
-            cflow, "build_encoder", lambda config, progress=False: _Unscaled(real_build(config))
+            cflow.detector,
+            "build_encoder",
+            lambda config, progress=False: _Unscaled(real_build(config)),
         )
 
     def overflowing(z, log_det):
         # what the flows give once |z|^2 overflows: -inf, and inf - inf = nan further on
         return torch.full_like(real_log_p(z, log_det), float("-inf"))
 
-    monkeypatch.setattr(cflow, "log_likelihood_per_dim", overflowing)
+    monkeypatch.setattr(cflow.detector, "log_likelihood_per_dim", overflowing)
     detector = CFlowDetector(CFlowConfig.quick(n_blocks=1, epochs=1, fiber_batch=32))
     detector.progress = False
     with pytest.raises(ModelError) as info:
@@ -265,7 +267,9 @@ def test_non_finite_training_scores_fail_at_fit(monkeypatch, unscaled, tmp_path)
 
 def test_non_finite_scores_are_refused_at_scoring(fan_cflow, data, monkeypatch):
     monkeypatch.setattr(
-        cflow, "log_likelihood_per_dim", lambda z, log_det: torch.full((z.shape[0],), np.nan)
+        cflow.detector,
+        "log_likelihood_per_dim",
+        lambda z, log_det: torch.full((z.shape[0],), np.nan),
     )
     with pytest.raises(ModelError, match="non-finite scores to 2 of 2 clips"):
         fan_cflow.score(data["fan"][:2])
