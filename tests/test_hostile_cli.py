@@ -148,7 +148,7 @@ def test_an_os_error_names_its_file(factory, tmp_path, capsys, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "secret.wav"))
 
-    monkeypatch.setattr(experiment, "_train_clips", refuse)
+    monkeypatch.setattr(experiment.runs, "_train_clips", refuse)
     code, _, err = run(
         capsys, "train", factory, "--machine", MACHINE, "--out", tmp_path / "r", *TINY_AE
     )
