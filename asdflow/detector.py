@@ -33,11 +33,12 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from asdflow.errors import ParameterError
+
+if TYPE_CHECKING:  # only for annotations: the command line imports this module for --help
+    import numpy as np
 
 __all__ = [
     "MODELS",
