@@ -57,11 +57,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -70,6 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdflow import storage
+from asdflow.base import BaseDetector, decide
 from asdflow.errors import AudioError, ModelError, ParameterError
 
 if TYPE_CHECKING:
@@ -147,7 +146,7 @@ class AEConfig:
         weights nor for the residual covariances.
     score_mode : str
         Default score, ``"mse"`` or ``"mahalanobis"``; each call of
-        :meth:`AutoencoderDetector.score` may choose the other.
+        :meth:`AutoencoderDetector.score_samples` may choose the other.
     threshold_quantile : float
         Quantile of the gamma fit to the held-out scores (0.9; see
         :func:`asdflow.calibration.domain_threshold`).
@@ -496,7 +495,7 @@ def mahalanobis_scores(mean_residuals: np.ndarray, precisions: Sequence[np.ndarr
 # ---------------------------------------------------------------------------
 
 
-class AutoencoderDetector:
+class AutoencoderDetector(BaseDetector):
     """The DCASE 2024 baseline autoencoder with MSE and Mahalanobis scores.
 
     Parameters
@@ -513,7 +512,7 @@ class AutoencoderDetector:
     machine_ : str or None
         Machine type of the training clips (``"fan"``); None when trained on
         vector arrays. Clips of another machine type are refused by
-        :meth:`score`, and :meth:`load` can check it.
+        :meth:`score_samples`, and :meth:`load` can check it.
     net_ : AENet
         The trained network, in eval mode.
     precision_source_, precision_target_ : np.ndarray [shape=(n_mels, n_mels)]
@@ -544,7 +543,7 @@ class AutoencoderDetector:
     >>> vectors = [rng.normal(size=(200, 640)).astype(np.float32) for _ in range(12)]
     >>> config = AEConfig.quick(epochs=1, batch_size=256)
     >>> det = AutoencoderDetector(config, progress=False).fit(vectors)
-    >>> det.score(vectors[:2], score_mode="mahalanobis").shape
+    >>> det.score_samples(vectors[:2], score_mode="mahalanobis").shape
     (2,)
     >>> det.predict(vectors[:2]).tolist() in ([0, 0], [0, 1], [1, 0], [1, 1])
     True
@@ -561,18 +560,13 @@ class AutoencoderDetector:
         self.device = device
         self.progress = progress
 
-    def __repr__(self) -> str:
-        state = "fitted" if hasattr(self, "thresholds_") else "not fitted"
-        return f"AutoencoderDetector({self.config!r}, {state})"
+    file_kind = _FILE_KIND
+    format_version = FORMAT_VERSION
+    file_description = "an autoencoder detector file"
+    fitted_attribute = "thresholds_"
 
     @property
-    def _device(self) -> torch.device:
-        if self.device is None:
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    @property
-    def threshold_(self) -> float:
+    def threshold_(self) -> float:  # type: ignore[override]  # read-only: one per score mode
         """Decision threshold of the configured score mode."""
         self._check_fitted()
         return self.thresholds_[self.config.score_mode]
@@ -789,10 +783,6 @@ class AutoencoderDetector:
 
     # -- scoring --------------------------------------------------------------
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "thresholds_"):
-            raise ModelError("this detector is not fitted: call fit(clips) or load(path) first")
-
     def _residuals(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
         """``x - x_hat`` of every vector of every clip, in eval mode (float32)."""
         net = self.net_.eval()
@@ -811,7 +801,7 @@ class AutoencoderDetector:
         means = np.stack([r.reshape(-1, n_mels).astype(np.float64).mean(axis=0) for r in residuals])
         return mahalanobis_scores(means, [self.precision_source_, self.precision_target_])
 
-    def score(
+    def score_samples(
         self, data: Sequence[Clip] | Sequence[np.ndarray], *, score_mode: str | None = None
     ) -> np.ndarray:
         """Anomaly scores, higher = more anomalous.
@@ -853,28 +843,18 @@ class AutoencoderDetector:
         np.ndarray [shape=(n_clips,), dtype=int64]
         """
         mode = score_mode or self.config.score_mode
-        scores = self.score(data, score_mode=mode)
-        return (scores > self.thresholds_[mode]).astype(np.int64)
+        return decide(self.score_samples(data, score_mode=mode), self.thresholds_[mode])
 
     # -- files ----------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write everything learned to one file, atomically.
+    def learned_state(self) -> dict[str, Any]:
+        """Everything learned, as tensors and plain Python values (see :meth:`from_state`).
 
-        The file holds the configuration, the network weights, both precision
-        matrices, the training scores and thresholds, the loss curves, the
-        asdflow and torch versions and the format version, as tensors and
-        plain Python values (readable with ``torch.load(weights_only=True)``).
-
-        Returns
-        -------
-        Path
+        The configuration, the network weights, both precision matrices, the
+        training and held-out scores, the thresholds and the loss curves.
         """
         self._check_fitted()
-        state = {
-            "kind": _FILE_KIND,
-            "format_version": FORMAT_VERSION,
-            "versions": storage.versions(),
+        return {
             "config": self.config.to_dict(),
             "machine": self.machine_,
             "net": {k: v.detach().cpu() for k, v in self.net_.state_dict().items()},
@@ -889,49 +869,16 @@ class AutoencoderDetector:
             "losses": list(self.losses_),
             "val_losses": list(self.val_losses_),
         }
-        path = Path(path)
-        storage.save_state(state, path)
-        return path
 
     @classmethod
-    def load(
+    def from_state(
         cls,
-        path: str | os.PathLike[str],
+        data: dict[str, Any],
         *,
-        machine: str | None = None,
         device: str | torch.device | None = None,
         progress: bool = True,
     ) -> AutoencoderDetector:
-        """Read a detector written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : path
-        machine : str or None
-            The machine type the detector must have been trained on (e.g.
-            ``"fan"``); None accepts any.
-        device, progress
-            As in the constructor (they are not stored in the file).
-
-        Returns
-        -------
-        AutoencoderDetector
-
-        Raises
-        ------
-        ModelError
-            If the file is missing, truncated or damaged (checksum mismatch),
-            not an autoencoder detector, of another format version, or
-            trained on another machine type than ``machine``.
-        """
-        data = storage.load_state(
-            path,
-            kind=_FILE_KIND,
-            what="an autoencoder detector file",
-            format_version=FORMAT_VERSION,
-            writer="AutoencoderDetector.save",
-        )
-        storage.check_trained_machine(path, data["machine"], machine)
+        """A fitted detector from :meth:`learned_state` (``device``, ``progress`` as in the constructor)."""
         det = cls(AEConfig.from_dict(data["config"]), device=device, progress=progress)
         det.machine_ = data["machine"]
         cfg = det.config

@@ -296,9 +296,9 @@ def bench_train(
     timings = detector.timings_
     n_score = min(len(images), 64)
     detector.progress = False
-    detector.score(images[:2])  # warm-up
+    detector.score_samples(images[:2])  # warm-up
     start = time.perf_counter()
-    detector.score(images[:n_score])
+    detector.score_samples(images[:n_score])
     score_s = time.perf_counter() - start
 
     encode_s, train_s = timings["encode"], timings["train"]

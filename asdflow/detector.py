@@ -98,8 +98,11 @@ class Detector(Protocol):
         """Learn from normal training clips (:class:`asdflow.data.Clip`) of one machine type."""
         ...
 
-    def score(self, data: Sequence[Any]) -> np.ndarray:
-        """Anomaly score of each clip, shape (n,), float64, higher = more anomalous."""
+    def score_samples(self, data: Sequence[Any]) -> np.ndarray:
+        """Anomaly score of each clip, shape (n,), float64, higher = more anomalous.
+
+        The sign is DCASE's; scikit-learn's outlier detectors use the opposite one.
+        """
         ...
 
     def predict(self, data: Sequence[Any]) -> np.ndarray:

@@ -26,22 +26,21 @@ normal clip of that domain looks like, and the DCASE gamma rule is applied
 to those scores (:func:`asdflow.calibration.domain_threshold`).
 
 Twenty lines of numpy do the work; the rest of the module is the interface
-shared with the other detectors (fit, score, predict, save, load).
+shared with the other detectors (:class:`asdflow.base.BaseDetector`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from asdflow import storage
+from asdflow.base import BaseDetector
 from asdflow.errors import ModelError
 
 if TYPE_CHECKING:
@@ -176,7 +175,7 @@ def nearest_distances(
     return distances.min(axis=1)
 
 
-class KNNDetector:
+class KNNDetector(BaseDetector):
     """Nearest-neighbour detector on clip-level log-mel statistics, with a memory per domain.
 
     Parameters
@@ -209,16 +208,16 @@ class KNNDetector:
         self,
         config: KNNConfig | None = None,
         *,
-        device: str | None = None,
+        device: str | torch.device | None = None,
         progress: bool = True,
     ) -> None:
         self.config = config if config is not None else KNNConfig()
         self.device = device
         self.progress = progress
 
-    def __repr__(self) -> str:
-        state = "fitted" if hasattr(self, "threshold_") else "not fitted"
-        return f"KNNDetector({self.config!r}, {state})"
+    file_kind = _FILE_KIND
+    format_version = FORMAT_VERSION
+    file_description = "a kNN detector file"
 
     def _vectors(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """One statistics vector per clip (or the given vectors, checked)."""
@@ -331,11 +330,7 @@ class KNNDetector:
             out[other] = ratio
         return out
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise ModelError("this KNNDetector is not fitted: call fit() or load() first")
-
-    def score(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    def score_samples(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Anomaly score of each clip: the smaller radius-scaled distance to the two memories.
 
         Returns
@@ -350,7 +345,7 @@ class KNNDetector:
     ) -> dict[str, np.ndarray]:
         """Per domain memory: each clip's nearest-neighbour distance divided by that memory's radius.
 
-        :meth:`score` is the minimum over the domains; the domain-aware
+        :meth:`score_samples` is the minimum over the domains; the domain-aware
         CFlow (:mod:`asdflow.domains`) combines the two with its flow score
         before taking the minimum.
         """
@@ -362,24 +357,6 @@ class KNNDetector:
             d: nearest_distances(standard, memory) / self.radii_[d]
             for d, memory in self.memories_.items()
         }
-
-    def predict(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Decisions: 1 where the score exceeds ``threshold_``, else 0."""
-        self._check_fitted()
-        return (self.score(data) > self.threshold_).astype(np.int64)
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the configuration, memories, radii, scores and threshold to one file, atomically."""
-        self._check_fitted()
-        state = {
-            "kind": _FILE_KIND,
-            "format_version": FORMAT_VERSION,
-            "versions": storage.versions(),
-            **self.learned_state(),
-        }
-        path = Path(path)
-        storage.save_state(state, path)
-        return path
 
     def learned_state(self) -> dict[str, Any]:
         """Configuration and everything learned, as tensors and plain values (see :meth:`from_state`)."""
@@ -397,9 +374,15 @@ class KNNDetector:
         }
 
     @classmethod
-    def from_state(cls, data: dict[str, Any], *, progress: bool = True) -> KNNDetector:
+    def from_state(
+        cls,
+        data: dict[str, Any],
+        *,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> KNNDetector:
         """A fitted detector from :meth:`learned_state`."""
-        det = cls(KNNConfig.from_dict(data["config"]), progress=progress)
+        det = cls(KNNConfig.from_dict(data["config"]), device=device, progress=progress)
         det.machine_ = data["machine"]
         det.center_ = data["center"].numpy()
         det.scale_ = data["scale"].numpy()
@@ -408,33 +391,4 @@ class KNNDetector:
         det.train_scores_ = data["train_scores"].numpy()
         det.train_domains_ = np.array(data["train_domains"], dtype=str)
         det.threshold_ = float(data["threshold"])
-        return det
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        *,
-        machine: str | None = None,
-        device: str | None = None,
-        progress: bool = True,
-    ) -> KNNDetector:
-        """Read a detector written by :meth:`save`.
-
-        Raises
-        ------
-        ModelError
-            If the file is missing, damaged, not a kNN detector, of another
-            format version, or trained on another machine type than ``machine``.
-        """
-        data = storage.load_state(
-            path,
-            kind=_FILE_KIND,
-            what="a kNN detector file",
-            format_version=FORMAT_VERSION,
-            writer="KNNDetector.save",
-        )
-        storage.check_trained_machine(path, data["machine"], machine)
-        det = cls.from_state(data, progress=progress)
-        det.device = device
         return det

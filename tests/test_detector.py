@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from asdflow import cli, detector, experiment
+from asdflow.base import BaseDetector
 from asdflow.data import load_audio
 from asdflow.detector import MODELS, VARIANTS, Detector, DetectorConfig, ModelSpec, Variant
 from asdflow.errors import ParameterError
@@ -38,11 +37,16 @@ class LoudnessConfig:
         return cls(**data)
 
 
-class LoudnessDetector:
-    """A toy: how far a clip's log energy lies from the training clips' (in their spreads)."""
+class LoudnessDetector(BaseDetector):
+    """A toy: how far a clip's log energy lies from the training clips' (in their spreads).
+
+    Deriving from BaseDetector gives it predict, save, load and the fitted check.
+    """
+
+    file_kind, format_version, file_description = "tests.loudness", 1, "a loudness file"
 
     def __init__(self, config: LoudnessConfig, *, device: str | None = None, progress: bool = True):
-        self.config = config
+        self.config, self.device, self.progress = config, device, progress
 
     @staticmethod
     def _energy(clips) -> np.ndarray:
@@ -52,32 +56,28 @@ class LoudnessDetector:
         energy = self._energy(data)
         self.machine_ = data[0].machine
         self.mean_, self.std_ = float(energy.mean()), float(energy.std() + 1e-9)
-        self.threshold_ = float(np.quantile(self.score(data), self.config.quantile))
+        self.threshold_ = float(np.quantile(self.score_samples(data), self.config.quantile))
         return self
 
-    def score(self, data) -> np.ndarray:
+    def score_samples(self, data) -> np.ndarray:
         return np.abs(self._energy(data) - self.mean_) / self.std_
 
-    def predict(self, data) -> np.ndarray:
-        return (self.score(data) > self.threshold_).astype(np.int64)
-
-    def save(self, path) -> Path:
-        state = {k: getattr(self, k) for k in ("machine_", "mean_", "std_", "threshold_")}
-        Path(path).write_text(json.dumps({"config": self.config.to_dict(), **state}))
-        return Path(path)
+    def learned_state(self) -> dict[str, Any]:
+        names = ("machine", "mean", "std", "threshold")
+        return {"config": self.config.to_dict(), **{k: getattr(self, k + "_") for k in names}}
 
     @classmethod
-    def load(cls, path, *, device=None, progress=True) -> LoudnessDetector:
-        state = json.loads(Path(path).read_text())
-        det = cls(LoudnessConfig.from_dict(state.pop("config")))
-        det.__dict__.update(state)
+    def from_state(cls, data, *, device=None, progress=True) -> LoudnessDetector:
+        det = cls(LoudnessConfig.from_dict(data["config"]), device=device, progress=progress)
+        for name in ("machine", "mean", "std", "threshold"):
+            setattr(det, name + "_", data[name])
         return det
 
 
 @pytest.fixture
 def loudness(monkeypatch: pytest.MonkeyPatch) -> ModelSpec:
     """The toy detector registered for one test (and removed after it)."""
-    spec = ModelSpec("loud", "Loudness", "loudness.json", LoudnessDetector, LoudnessConfig)
+    spec = ModelSpec("loud", "Loudness", "loudness.pt", LoudnessDetector, LoudnessConfig)
     monkeypatch.setitem(MODELS, spec.name, spec)
     return spec
 
@@ -87,7 +87,7 @@ def test_the_built_in_detectors_follow_the_protocols():
         config = spec.config_class().quick()
         assert isinstance(config, DetectorConfig), spec.name
         assert spec.config_class().from_dict(config.to_dict()) == config
-        for method in ("fit", "score", "predict", "save", "load"):
+        for method in ("fit", "score_samples", "predict", "save", "load"):
             assert callable(getattr(spec.detector_class(), method)), (spec.name, method)
     assert VARIANTS["cflow-da"].model == "cflow"
 
@@ -111,7 +111,7 @@ def test_register_refuses_a_name_twice_and_a_variant_of_an_unknown_model():
 
 def test_the_registry_names_the_columns_and_files(loudness):
     assert experiment.METHODS["loud"] == "Loudness"
-    assert experiment.DETECTOR_FILES["loud"] == "loudness.json"
+    assert experiment.DETECTOR_FILES["loud"] == "loudness.pt"
     assert detector.method_name("cflow", {"domain_aware": True}) == experiment.DOMAIN_AWARE_METHOD
     assert detector.method_name("cflow", {"domain_aware": False}) == "CFlow"
     assert detector.model_of_config(LoudnessConfig()) is loudness
@@ -125,7 +125,7 @@ def test_a_new_detector_goes_through_train_test_evaluate_and_demo(
     out = tmp_path / "loud"
     argv = ["train", factory, "--machine", MACHINE, "--model", "loud", "--out", out, "--quick"]
     assert cli.main([str(a) for a in argv]) == 0
-    assert (out / "loudness.json").is_file()
+    assert (out / "loudness.pt").is_file()
     info = experiment.read_run_info(out)
     assert (info.model, info.method) == ("loud", "Loudness")
     assert isinstance(experiment.load_detector(out), LoudnessDetector)

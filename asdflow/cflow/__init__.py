@@ -53,13 +53,13 @@ The modules, in the order of the pipeline (every name is importable from
 - :mod:`asdflow.cflow.detector` - :class:`CFlowDetector`, which ties them together.
 """
 
+from asdflow.base import choose_device
 from asdflow.cflow.config import CFlowConfig
 from asdflow.cflow.decoders import ScaleDecoder, build_decoders, fiber_normalisation
 from asdflow.cflow.detector import FORMAT_VERSION, CFlowDetector
 from asdflow.cflow.fibers import (
     FiberBank,
     build_encoder,
-    choose_device,
     encode_fibers,
     feature_fibers,
     fiber_conditions,

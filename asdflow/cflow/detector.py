@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from asdflow import storage
+from asdflow.base import BaseDetector
 from asdflow.cflow.config import CFlowConfig, _plain
 from asdflow.cflow.decoders import build_decoders, fiber_normalisation
 from asdflow.cflow.fibers import (
@@ -25,7 +26,6 @@ from asdflow.cflow.fibers import (
     _fingerprint,
     _size_batches,
     build_encoder,
-    choose_device,
     encode_fibers,
     feature_fibers,
     fiber_conditions,
@@ -148,7 +148,7 @@ def _images_hash(images: Sequence[np.ndarray]) -> str:
 # ---------------------------------------------------------------------------
 
 
-class CFlowDetector:
+class CFlowDetector(BaseDetector):
     """CFlow anomaly detector: fit on normal clips, score any clip.
 
     Parameters
@@ -168,7 +168,7 @@ class CFlowDetector:
     machine_ : str or None
         Machine type of the training clips (``"fan"``); None when the
         detector was trained on feature images. Clips of another machine type
-        are refused by :meth:`score`, and :meth:`load` can check it.
+        are refused by :meth:`score_samples`, and :meth:`load` can check it.
     row_stats_ : RowStats
         Per-row mean and standard deviation of the training images.
     channels_ : list of int
@@ -217,12 +217,16 @@ class CFlowDetector:
     >>> images = [rng.normal(size=(158, 64)).astype(np.float32) for _ in range(12)]
     >>> config = CFlowConfig.quick(epochs=1, fiber_batch=64)
     >>> det = CFlowDetector(config, progress=False).fit(images)
-    >>> scores = det.score(images[:2])
+    >>> scores = det.score_samples(images[:2])
     >>> scores.shape, scores.dtype
     ((2,), dtype('float64'))
     >>> det.anomaly_maps(images[:1]).shape
     (1, 158, 64)
     """
+
+    file_kind = _FILE_KIND
+    format_version = FORMAT_VERSION
+    file_description = "a CFlow detector file"
 
     def __init__(
         self,
@@ -238,10 +242,6 @@ class CFlowDetector:
         self.progress = progress
         self._encoder: nn.Module | None = None
         self._encoder_fingerprint: str | None = None
-
-    def __repr__(self) -> str:
-        state = "fitted" if hasattr(self, "threshold_") else "not fitted"
-        return f"CFlowDetector({self.config!r}, {state})"
 
     # -- inputs ---------------------------------------------------------------
 
@@ -316,10 +316,6 @@ class CFlowDetector:
             self._encoder_fingerprint = fingerprint
             self._encoder = encoder.to(self._device)
         return self._encoder
-
-    @property
-    def _device(self) -> torch.device:
-        return choose_device(self.device)
 
     # -- training -------------------------------------------------------------
 
@@ -690,10 +686,6 @@ class CFlowDetector:
                 )
             yield log_p, size, members
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "threshold_"):
-            raise ModelError("this CFlowDetector is not fitted: call fit() or load() first")
-
     def _log_p_batches(
         self, images: Sequence[np.ndarray]
     ) -> Iterator[tuple[list[Tensor], tuple[int, int], list[int]]]:
@@ -722,7 +714,7 @@ class CFlowDetector:
             bar.update(len(members))
         bar.close()
 
-    def score(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    def score_samples(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Anomaly score of each clip (higher = more anomalous).
 
         A clip's score depends on the clip and the trained detector only, not
@@ -848,43 +840,18 @@ class CFlowDetector:
             out[members] = anomaly_map(log_p, self.constants_, size).numpy()
         return out
 
-    def predict(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Decisions: 1 (anomalous) where the score exceeds ``threshold_``, else 0.
+    def learned_state(self) -> dict[str, Any]:
+        """Everything learned, as tensors and plain Python values (see :meth:`from_state`).
 
-        Returns
-        -------
-        np.ndarray [shape=(n,), dtype=int64]
+        The configuration, the row statistics, the decoder weights, the score
+        constants, the training and held-out scores, the threshold and the
+        training losses. The encoder is not stored: it is re-created from the
+        configuration (ImageNet weights, a weights file, or random weights
+        from ``encoder_seed``) and checked against a fingerprint of the one
+        used for training.
         """
         self._check_fitted()
-        return (self.score(data) > self.threshold_).astype(np.int64)
-
-    # -- files ----------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write everything learned to one file (atomically).
-
-        The file holds the configuration, the row statistics, the decoder
-        weights, the score constants, the training scores and threshold, the
-        training losses, the asdflow and torch versions and the format
-        version, as tensors and plain Python values. The encoder is not
-        stored: it is re-created from the configuration (ImageNet weights,
-        a weights file, or random weights from ``encoder_seed``) and checked
-        against a fingerprint of the one used for training.
-
-        Parameters
-        ----------
-        path : path
-            Destination file (conventionally ``*.pt``).
-
-        Returns
-        -------
-        Path
-        """
-        self._check_fitted()
-        state = {
-            "kind": _FILE_KIND,
-            "format_version": FORMAT_VERSION,
-            "versions": storage.versions(),
+        return {
             "config": _plain(self.config.to_dict()),
             "machine": self.machine_,
             "encoder_fingerprint": self._encoder_fingerprint,
@@ -901,51 +868,19 @@ class CFlowDetector:
             "threshold": float(self.threshold_),
             "losses": list(self.losses_),
         }
-        storage.save_state(state, Path(path))
-        return Path(path)
 
     @classmethod
-    def load(
+    def from_state(
         cls,
-        path: str | os.PathLike[str],
+        data: dict[str, Any],
         *,
-        machine: str | None = None,
         device: str | torch.device | None = None,
-        cache: str | os.PathLike[str] | None = None,
         progress: bool = True,
+        cache: str | os.PathLike[str] | None = None,
     ) -> CFlowDetector:
-        """Read a detector written by :meth:`save`.
-
-        Parameters
-        ----------
-        path : path
-        machine : str or None
-            The machine type the detector must have been trained on (e.g.
-            ``"fan"``); None accepts any.
-        device, cache, progress
-            As in the constructor (they are not stored in the file).
-
-        Returns
-        -------
-        CFlowDetector
-
-        Raises
-        ------
-        ModelError
-            If the file is missing, truncated or damaged (checksum mismatch),
-            not a CFlow detector, of another format version, or trained on
-            another machine type than ``machine``.
-        """
+        """A fitted detector from :meth:`learned_state` (the other arguments as in the constructor)."""
         from asdflow.features import RowStats
 
-        data = storage.load_state(
-            path,
-            kind=_FILE_KIND,
-            what="a CFlow detector file",
-            format_version=FORMAT_VERSION,
-            writer="CFlowDetector.save",
-        )
-        storage.check_trained_machine(path, data["machine"], machine)
         det = cls(
             CFlowConfig.from_dict(data["config"]), device=device, cache=cache, progress=progress
         )

@@ -130,7 +130,7 @@ class FiberBank:
     the CPU and moves it to the GPU); each step converts its batch to
     float32. The scoring path rounds features to float16 the same way, so a
     training clip scores the same from the bank and from
-    :meth:`CFlowDetector.score`.
+    :meth:`CFlowDetector.score_samples`.
 
     Attributes
     ----------
@@ -293,21 +293,8 @@ def encode_fibers(
 
 
 # ---------------------------------------------------------------------------
-# Small helpers: devices, encoders, files
+# Small helpers: encoders, files
 # ---------------------------------------------------------------------------
-
-
-def choose_device(device: str | torch.device | None) -> torch.device:
-    """``device`` as a torch device; None: CUDA when available, else the CPU.
-
-    Examples
-    --------
-    >>> choose_device("cpu")
-    device(type='cpu')
-    """
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _fingerprint(module: nn.Module) -> str:

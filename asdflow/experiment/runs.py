@@ -500,14 +500,13 @@ def _score_locked(
     progress: bool,
 ) -> tuple[Path, Path]:
     """The body of :func:`score_run`, run while the run folder is locked."""
-    import numpy as np
-
+    from asdflow.base import decide
     from asdflow.evaluation import write_submission
 
     _say(f"scoring {len(clips)} test clips of {machine} with {directory}", progress)
     start = time.perf_counter()
-    scores = detector.score(clips)
-    decisions = (scores > detector.threshold_).astype(np.int64)
+    scores = detector.score_samples(clips)
+    decisions = decide(scores, detector.threshold_)
     written = write_submission(
         directory, machine, [clip.name for clip in clips], scores, decisions, overwrite=overwrite
     )
