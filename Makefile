@@ -21,9 +21,11 @@ demo: $(STAMP)
 
 test: lint unit doctest notebooks book
 
+# Style, formatting, and the types of the package (mypy's settings are in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check asdflow tests tools
 	$(VENV)/bin/ruff format --check asdflow tests tools
+	$(VENV)/bin/mypy
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q

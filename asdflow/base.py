@@ -106,7 +106,7 @@ class BaseDetector:
     config: Any
     device: str | torch.device | None
     progress: bool
-    machine_: str
+    machine_: str | None
     threshold_: float
 
     def __repr__(self) -> str:

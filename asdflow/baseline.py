@@ -575,7 +575,7 @@ class AutoencoderDetector(BaseDetector):
 
     def _vectors(self, data: Sequence[Clip] | Sequence[np.ndarray]) -> list[np.ndarray]:
         """Per-clip vectors from clips or from precomputed ``(n_vectors, input_dim)`` arrays."""
-        items = list(data)
+        items: list[Any] = list(data)
         if not items:
             raise ModelError("no clips or vectors given")
         if all(isinstance(x, np.ndarray) for x in items):
@@ -637,7 +637,7 @@ class AutoencoderDetector(BaseDetector):
         from asdflow.calibration import domain_threshold, holdout_split
 
         cfg = self.config
-        all_items = list(data)
+        all_items: list[Any] = list(data)
         machine = storage.training_machine(all_items)
         all_domains = self._domains(all_items, domains)
         fit_index, held_index = holdout_split(
@@ -688,6 +688,7 @@ class AutoencoderDetector(BaseDetector):
         target = np.concatenate(blocks["target"]) if blocks["target"] else None
         if source is None:
             source, target = target, None
+        assert source is not None  # there is at least one training clip
         cov_source = residual_covariance(source, ridge=cfg.cov_ridge)
         cov_target = (
             cov_source if target is None else residual_covariance(target, ridge=cfg.cov_ridge)
@@ -829,7 +830,7 @@ class AutoencoderDetector(BaseDetector):
         self._check_fitted()
         mode = score_mode or self.config.score_mode
         _check_mode(mode)
-        items = list(data)
+        items: list[Any] = list(data)
         storage.check_machine(items, self.machine_, "this autoencoder")
         return self._scores(self._residuals(self._vectors(items)), mode)
 

@@ -7,6 +7,7 @@ and a person at full size.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -78,7 +79,9 @@ def bench_features(
 
     from asdflow import features
 
-    config = features.FeatureConfig(**({} if hop_length is None else {"hop_length": hop_length}))
+    config = features.FeatureConfig()
+    if hop_length is not None:
+        config = dataclasses.replace(config, hop_length=hop_length)
     n_jobs = n_jobs or features.n_cores()
     clips = _machine_sounds(n_clips, seconds, config.sr, seed)
 
@@ -283,7 +286,9 @@ def bench_train(
     torch_device = choose_device(device)
     from asdflow.features import FeatureConfig
 
-    feature_config = FeatureConfig(**({} if hop_length is None else {"hop_length": hop_length}))
+    feature_config = FeatureConfig()
+    if hop_length is not None:
+        feature_config = dataclasses.replace(feature_config, hop_length=hop_length)
     frames = feature_config.n_frames(int(round(seconds * feature_config.sr)))
     images = _feature_like_images(n_clips, frames, seed)
     if full and torch_device.type != "cuda":

@@ -197,7 +197,9 @@ def holdout_split(
 
 
 def domain_threshold(
-    scores: Sequence[float] | np.ndarray, domains: Sequence[str], quantile: float = 0.9
+    scores: Sequence[float] | np.ndarray,
+    domains: Sequence[str] | np.ndarray,
+    quantile: float = 0.9,
 ) -> float:
     """One decision threshold for both domains, from scores of held-out normal clips.
 

@@ -59,6 +59,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         group = [clip for clip in clips if clip.machine == machine]
         train = [clip for clip in group if clip.split == "train"] or group
         config = features.FeatureConfig().with_nominal_length(train)
+        assert config.n_samples is not None  # with_nominal_length sets it
         start = time.perf_counter()
         features.extract(group, config, n_jobs=args.jobs)
         print(
@@ -184,6 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     info = experiment.read_run_info(args.out)
+    assert info is not None  # train_run has just written it
     print(
         f"{info.method} detector of {info.machine} (seed {info.seed}, {info.mode} mode) saved in "
         f"{args.out}: {experiment.DETECTOR_FILES[info.model]} and {experiment.RUN_FILE}; "

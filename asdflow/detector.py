@@ -33,7 +33,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from asdflow.errors import ParameterError
 
@@ -46,6 +46,7 @@ __all__ = [
     "Detector",
     "DetectorConfig",
     "ModelSpec",
+    "ResumableDetector",
     "Variant",
     "method_name",
     "model_of_config",
@@ -65,6 +66,7 @@ class DetectorConfig(Protocol):
     records them and a run folder is reused only when they match.
     """
 
+    __dataclass_fields__: ClassVar[dict[str, Any]]
     seed: int
 
     @classmethod
@@ -91,8 +93,12 @@ class Detector(Protocol):
     """
 
     config: Any
-    machine_: str
+    machine_: str | None
     threshold_: float
+
+    def __init__(
+        self, config: Any = None, *, device: Any = None, progress: bool = True
+    ) -> None: ...
 
     def fit(self, data: Sequence[Any], *, domains: Sequence[str] | None = None) -> Detector:
         """Learn from normal training clips (:class:`asdflow.data.Clip`) of one machine type."""
@@ -118,6 +124,21 @@ class Detector(Protocol):
         cls, path: str | os.PathLike[str], *, device: str | None = None, progress: bool = True
     ) -> Detector:
         """A detector saved by :meth:`save`."""
+        ...
+
+
+@runtime_checkable
+class ResumableDetector(Detector, Protocol):
+    """A detector whose training can resume after an interruption (``ModelSpec.resumable``)."""
+
+    def fit(
+        self,
+        data: Sequence[Any],
+        *,
+        domains: Sequence[str] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+    ) -> ResumableDetector:
+        """As :meth:`Detector.fit`; progress is saved in ``checkpoint`` and resumed from it."""
         ...
 
 
@@ -167,11 +188,11 @@ class ModelSpec:
     help: str = ""
     column: int = 100
 
-    def detector_class(self) -> type:
+    def detector_class(self) -> type[Detector]:
         """The detector class (imported on first use)."""
         return _resolve(self.detector)
 
-    def config_class(self) -> type:
+    def config_class(self) -> type[DetectorConfig]:
         """The configuration class (imported on first use)."""
         return _resolve(self.config)
 

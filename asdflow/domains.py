@@ -130,9 +130,9 @@ class DomainScorer:
     def fit(
         cls,
         train_statistics: np.ndarray,
-        train_domains: Sequence[str],
+        train_domains: Sequence[str] | np.ndarray,
         held_flow_scores: np.ndarray,
-        held_domains: Sequence[str],
+        held_domains: Sequence[str] | np.ndarray,
     ) -> DomainScorer:
         """Fit the memories to the training clips and the flow normalisation to held-out clips.
 

@@ -169,7 +169,7 @@ def _set_padding(network: nn.Module, padding: str) -> None:
     """
     for module in network.modules():
         if isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1):
-            module.padding_mode = padding
+            module.padding_mode = padding  # type: ignore[assignment]  # checked: PADDINGS
 
 
 class Encoder(nn.Module):

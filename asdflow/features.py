@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -78,7 +78,7 @@ without a lock; a temporary file younger than this may be theirs.
 """
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     """True for an int or NumPy integer (not a bool)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
@@ -358,7 +358,7 @@ def naive_feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> n
     config = config or FeatureConfig()
     y = np.asarray(y, dtype=np.float32)
     sr, n_fft, hop = config.sr, config.n_fft, config.hop_length
-    stft = {"n_fft": n_fft, "hop_length": hop, "window": config.window}
+    stft: dict[str, Any] = {"n_fft": n_fft, "hop_length": hop, "window": config.window}
     with _quiet_cqt():
         rows = [
             librosa.power_to_db(
@@ -604,7 +604,7 @@ def nominal_length(clips: Sequence[Any], *, sr: int = 16000) -> int:
     check_sample_rate(sr)
     if not clips:
         raise AudioError("nominal_length needs at least one clip")
-    lengths = Counter()
+    lengths: Counter[int] = Counter()
     for clip in clips:
         path = _path_of(clip)
         with open_audio(path) as file:  # names the file and the cause (permission denied...)
@@ -687,7 +687,7 @@ def cache_key(path: str | os.PathLike, config: FeatureConfig) -> str:
 
     identity = {
         "version": FEATURES_VERSION,
-        "librosa": librosa.__version__,
+        "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set by its lazy loader
         "config": asdict(config),
         "content": file_digest(path),
     }
@@ -954,15 +954,20 @@ def extract(
     check_n_jobs(n_jobs)
     config = config or FeatureConfig()
     paths = [_path_of(clip) for clip in clips]
-    folder = None if cache is False else Path(default_cache() if cache in (None, True) else cache)
+    if cache is False:
+        folder = None
+    elif cache is None or cache is True:
+        folder = default_cache()
+    else:
+        folder = Path(cache)
     writable = folder is not None and _open_cache(folder)
 
     images: list[np.ndarray | None] = [None] * len(paths)
     entries: list[Path | None] = [None] * len(paths)
     if folder is not None:
         for i, path in enumerate(paths):
-            entries[i] = folder / f"{cache_key(path, config)}.npy"
-            images[i] = _read_entry(entries[i], config)
+            entry = entries[i] = folder / f"{cache_key(path, config)}.npy"
+            images[i] = _read_entry(entry, config)
     todo = [i for i, image in enumerate(images) if image is None]
 
     if n_jobs is None:
@@ -1007,7 +1012,8 @@ def extract(
     if notice:
         warnings.warn(notice, stacklevel=2)
     failed = [i for i, result in done.items() if result.write_error is not None]
-    if failed:
+    if failed:  # only writes into a cache folder can fail
+        assert folder is not None
         first = min(failed)
         warnings.warn(
             f"{len(failed)} of {len(done)} feature images could not be written into the cache "

@@ -25,6 +25,7 @@ Everything here is plain PyTorch and works in float32 and float64
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -167,6 +168,8 @@ class CouplingBlock(nn.Module):
     Drawing ``W`` takes a ``C x C`` QR decomposition: instant for small
     ``C``, around a second or more per block on a CPU for ``C = 2048``.
     """
+
+    rotation: Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -365,6 +368,10 @@ class ConditionalFlow(nn.Module):
             for s in seeds
         )
 
+    def _blocks(self) -> list[CouplingBlock]:
+        """The coupling blocks, in order (typed: a ModuleList holds any module)."""
+        return [cast(CouplingBlock, block) for block in self.blocks]
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_blocks={self.n_blocks}, cond_dim={self.cond_dim}"
 
@@ -386,7 +393,7 @@ class ConditionalFlow(nn.Module):
             ``log |det dz/dx|`` per sample, summed over the blocks, in nats.
         """
         log_det = x.new_zeros(x.shape[0])
-        for block in self.blocks:
+        for block in self._blocks():
             x, block_log_det = block(x, c)
             log_det = log_det + block_log_det
         return x, log_det
@@ -403,7 +410,7 @@ class ConditionalFlow(nn.Module):
         -------
         x : Tensor, shape (N, C)
         """
-        for block in reversed(self.blocks):
+        for block in reversed(self._blocks()):
             z = block.inverse(z, c)
         return z
 

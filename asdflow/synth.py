@@ -52,12 +52,16 @@ import os
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from asdflow.data import ATTRIBUTES_FILE, SAMPLE_RATE
 from asdflow.errors import AsdflowError, ParameterError
 from asdflow.files import atomic_write, folder_lock, remove_leftovers, writable_folder
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 SR = SAMPLE_RATE
 """Sample rate of every generated clip, in Hz."""
@@ -105,7 +109,7 @@ SEVERITY_RANGE = (0.0, 1.0)
 GAIN = {"fan": 0.12, "bearing": 0.35, "valve": 0.35}
 """Fixed gain per machine type from pressure units to file units (normal clips peak at about 0.15-0.6)."""
 
-QUICK_FACTORY: dict[str, object] = {
+QUICK_FACTORY: dict[str, Any] = {
     "machines": MACHINES,
     "n_train_source": 40,
     "n_train_target": 4,
@@ -778,7 +782,7 @@ def generate_clip(
         if not SEVERITY_RANGE[0] <= severity <= SEVERITY_RANGE[1]:
             raise ParameterError(f"severity={severity} is outside the allowed range [0, 1]")
         level = severity
-    options: dict[str, object] = dict(drawn)
+    options: dict[str, Any] = dict(drawn)
     for name, value in drawn.items():
         if name in _NUMERIC[machine]:
             low, high = NUMERIC_RANGES[name]
@@ -848,7 +852,7 @@ def _wav_bytes(y: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _planned_files(machine: str, settings: Mapping[str, object]) -> list[str]:
+def _planned_files(machine: str, settings: Mapping[str, Any]) -> list[str]:
     """The files :func:`make_factory` writes for one machine type, relative to its folder.
 
     The clip names follow from the settings alone: each clip's attributes are
@@ -876,7 +880,7 @@ def _own_file(entry: object) -> bool:
     return len(parts) == 2 and parts[0] in ("train", "test") and parts[1].endswith(".wav")
 
 
-def _recorded_files(machine: str, record: Mapping[str, object]) -> set[str]:
+def _recorded_files(machine: str, record: Mapping[str, Any]) -> set[str]:
     """The files a machine's record says :func:`make_factory` wrote.
 
     Format 1 markers did not list them: they are rebuilt from the recorded
@@ -909,12 +913,12 @@ def _read_records(dest: Path) -> dict[str, dict]:
     return {}
 
 
-def _write_records(dest: Path, records: Mapping[str, Mapping[str, object]]) -> None:
+def _write_records(dest: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
     content = {"format": MARKER_FORMAT, "machines": {m: records[m] for m in sorted(records)}}
     atomic_write(dest / MARKER, json.dumps(content, indent=1) + "\n")
 
 
-def _differences(record: Mapping[str, object], settings: Mapping[str, object]) -> list[str]:
+def _differences(record: Mapping[str, Any], settings: Mapping[str, Any]) -> list[str]:
     """The settings in which ``record`` differs from ``settings``, as ``"name=recorded, not asked"``."""
     return [
         f"{key}={record.get(key)!r} instead of {settings[key]!r}"
@@ -924,7 +928,7 @@ def _differences(record: Mapping[str, object], settings: Mapping[str, object]) -
 
 
 def _finished(
-    machine: str, record: Mapping[str, object], settings: Mapping[str, object], folder: Path
+    machine: str, record: Mapping[str, Any], settings: Mapping[str, Any], folder: Path
 ) -> bool:
     """True when ``record`` is a finished run of this generator with ``settings`` whose files are all there."""
     return (
@@ -1060,7 +1064,7 @@ def make_factory(
         if not whole:
             raise ParameterError(f"{name}={value!r} must be a whole number >= 0")
     _n_samples(seconds)
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "n_train_source": int(n_train_source),
         "n_train_target": int(n_train_target),
         "n_test_per_domain": int(n_test_per_domain),
@@ -1119,10 +1123,10 @@ def make_factory(
 def _write_machine(
     dest: Path,
     machine: str,
-    settings: Mapping[str, object],
+    settings: Mapping[str, Any],
     files: list[str],
     records: dict[str, dict],
-    bar: object,
+    bar: tqdm,
 ) -> None:
     """Generate one machine type's clips and attribute table, keeping the marker right at every step.
 

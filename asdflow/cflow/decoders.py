@@ -35,6 +35,10 @@ class ScaleDecoder(nn.Module):
         Buffers, saved with the weights, never trained.
     """
 
+    mean: Tensor  # buffers, registered in __init__
+    transform: Tensor
+    norm_log_det: Tensor
+
     def __init__(self, flow: nn.Module, mean: Tensor, transform: Tensor) -> None:
         super().__init__()
         self.flow = flow

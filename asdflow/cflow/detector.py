@@ -374,7 +374,7 @@ class CFlowDetector(BaseDetector):
         from asdflow.features import RowStats
 
         cfg = self.config
-        items = list(data) if not isinstance(data, np.ndarray) else data
+        items: Any = list(data) if not isinstance(data, np.ndarray) else data
         machine = storage.training_machine(items)
         all_domains = training_domains(items, domains)
         everything = self._images(items, training=True)
@@ -710,7 +710,7 @@ class CFlowDetector(BaseDetector):
                 fibers = feature_fibers(out).to(torch.float16)
                 index = torch.arange(h * w).repeat(b)
                 log_p.append(self._decode(s, fibers, conditions[(h, w)], index).reshape(b, h, w))
-            yield log_p, tuple(images[members[0]].shape), members  # type: ignore[misc]
+            yield log_p, tuple(images[members[0]].shape), members
             bar.update(len(members))
         bar.close()
 

@@ -253,9 +253,9 @@ def result_table(
             cells[(machine, metric, method)] = cell
     for method in reference_methods:
         for metric in metrics:
-            values = [reference.get((m, metric, method)) for m in machines]
-            if machines and all(v is not None for v in values):
-                means = [v.mean for v in values if v is not None]
+            found = [reference.get((m, metric, method)) for m in machines]
+            if machines and all(v is not None for v in found):
+                means = [v.mean for v in found if v is not None]
                 cells[("arithmetic mean", metric, method)] = Cell(float(np.mean(means)))
                 cells[("harmonic mean", metric, method)] = Cell(harmonic_mean(means))
         if all(("harmonic mean", metric, method) in cells for metric in METRICS):

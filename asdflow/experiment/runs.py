@@ -10,12 +10,13 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from asdflow import files
 from asdflow.detector import (
     MODELS,
     Detector,
+    ResumableDetector,
     method_name,
     model_of_config,
     model_spec,
@@ -342,7 +343,7 @@ def _train_locked(
     start = time.perf_counter()
     try:
         if spec.resumable:
-            detector.fit(clips, checkpoint=checkpoint)
+            cast(ResumableDetector, detector).fit(clips, checkpoint=checkpoint)
         else:
             detector.fit(clips)
     except BaseException:
