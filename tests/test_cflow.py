@@ -477,7 +477,7 @@ def test_non_finite_loss_stops_training_and_names_the_epoch(train_images, monkey
     def break_after_first_epoch(epoch: int, loss: float) -> None:
         state["broken"] = True
 
-    monkeypatch.setattr(cflow.detector, "fiber_loss", loss_that_breaks)
+    monkeypatch.setattr(cflow.training, "fiber_loss", loss_that_breaks)
     with pytest.raises(ModelError, match="epoch 2 of 2"):
         CFlowDetector(TINY, device="cpu", progress=False).fit(
             train_images, callback=break_after_first_epoch

@@ -50,6 +50,7 @@ The modules, in the order of the pipeline (every name is importable from
 - :mod:`asdflow.cflow.fibers` - encoder, fibers, conditions, :class:`FiberBank`;
 - :mod:`asdflow.cflow.decoders` - :class:`ScaleDecoder`, one flow per scale;
 - :mod:`asdflow.cflow.scores` - log-likelihoods, loss, schedule, anomaly maps;
+- :mod:`asdflow.cflow.training` - the training loop, its checkpoints, the finiteness check;
 - :mod:`asdflow.cflow.detector` - :class:`CFlowDetector`, which ties them together.
 """
 
@@ -75,8 +76,11 @@ from asdflow.cflow.scores import (
     log_likelihood_per_dim,
     probability_map,
 )
+from asdflow.cflow.training import check_finite, train_decoders
 
 __all__ = [
+    "check_finite",
+    "train_decoders",
     "CFlowConfig",
     "CFlowDetector",
     "FiberBank",

@@ -6,9 +6,7 @@ import hashlib
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,12 +32,10 @@ from asdflow.cflow.scores import (
     ScoreConstants,
     aggregate_map,
     anomaly_map,
-    fiber_loss,
     fit_score_constants,
-    interleave_scales,
-    learning_rate_factor,
     log_likelihood_per_dim,
 )
+from asdflow.cflow.training import check_finite, train_decoders
 from asdflow.errors import ModelError
 
 if TYPE_CHECKING:
@@ -53,10 +49,6 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 5
 
 _FILE_KIND = "asdflow.cflow.CFlowDetector"
-_CHECKPOINT_KIND = "asdflow.cflow.checkpoint"
-# Encoder features beyond this size point to an encoder without its pretrained
-# weights: trained ImageNet ResNets stay within tens, random ones reach 1e4.
-_LARGE_FEATURES = 1e3
 _LEARNED = (
     "machine_",
     "row_stats_",
@@ -72,37 +64,6 @@ _LEARNED = (
     "losses_",
     "timings_",
 )
-
-
-def _read_checkpoint(checkpoint: str | os.PathLike[str] | None) -> dict[str, Any] | None:
-    """The training state in ``checkpoint``, or None when there is none to resume from.
-
-    A checkpoint that cannot be used (truncated, damaged, of another format
-    version, or not a CFlow checkpoint at all) is renamed to
-    ``<name>.damaged``, replacing an older one, and a warning names both
-    paths: training then starts afresh, and nothing is deleted.
-    """
-    if checkpoint is None or not Path(checkpoint).exists():
-        return None
-    path = Path(checkpoint)
-    try:
-        return storage.load_state(
-            path,
-            kind=_CHECKPOINT_KIND,
-            what="a CFlow checkpoint",
-            format_version=FORMAT_VERSION,
-            writer="CFlowDetector.fit",
-        )
-    except ModelError as err:
-        aside = path.with_name(path.name + ".damaged")
-        os.replace(path, aside)
-        warnings.warn(
-            f"the checkpoint {path} cannot be used ({err}); it was moved to {aside} and "
-            "training starts afresh. Delete that file once you no longer need it.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return None
 
 
 def _tensors_to_numpy(data: dict[str, Any]) -> dict[str, Any]:
@@ -125,14 +86,6 @@ def _constant_rows(stats: RowStats) -> np.ndarray:
     """
     rms = np.sqrt(np.square(stats.mean_) + stats.var_)
     return np.sqrt(stats.var_) <= stats.floor * rms
-
-
-def _abs_max(fibers: Tensor, chunk: int = 65536) -> float:
-    """Largest absolute value of an (N, C) fiber tensor, chunk by chunk (no full copy)."""
-    peak = 0.0
-    for start in range(0, fibers.shape[0], chunk):
-        peak = max(peak, float(fibers[start : start + chunk].float().abs().max()))
-    return peak
 
 
 def _images_hash(images: Sequence[np.ndarray]) -> str:
@@ -427,7 +380,16 @@ class CFlowDetector(BaseDetector):
 
         normalisations = [fiber_normalisation(f, cfg.fiber_norm) for f in bank.fibers]
         decoders = build_decoders(cfg, self.channels_, normalisations).to(device)
-        self.losses_ = self._train(decoders, bank, device, data_hash, checkpoint, callback)
+        self.losses_ = train_decoders(
+            decoders,
+            bank,
+            cfg,
+            device,
+            data_hash=data_hash,
+            checkpoint=checkpoint,
+            callback=callback,
+            progress=self.progress,
+        )
         self.decoders_ = decoders.eval()
         trained = time.perf_counter()
 
@@ -450,7 +412,7 @@ class CFlowDetector(BaseDetector):
 
         train_scores = clip_scores(train_maps, len(images))
         held_scores = clip_scores(held_maps, len(held_images))
-        self._check_finite(constants, np.concatenate([train_scores, held_scores]), bank)
+        check_finite(constants, np.concatenate([train_scores, held_scores]), bank, cfg)
         scorer = None
         if cfg.domain_aware:  # the flow scores become domain-aware scores (asdflow.domains)
             reference = (
@@ -487,161 +449,6 @@ class CFlowDetector(BaseDetector):
             "bank_bytes": float(bank.nbytes),
         }
         return self
-
-    def _check_finite(
-        self, constants: ScoreConstants, train_scores: np.ndarray, bank: FiberBank
-    ) -> None:
-        """Raise :class:`ModelError` unless the score constants and ``train_scores`` are finite.
-
-        A detector whose constants or training scores are NaN or infinite
-        would give NaN scores to every clip; training stops here instead of
-        saving it. The message reports how large the encoder's features
-        are, the usual cause (an encoder without its pretrained weights gives
-        features in the tens of thousands, and the flows overflow).
-        """
-        values = [*constants.scale_max, constants.map_max]
-        if all(math.isfinite(v) for v in values) and np.all(np.isfinite(train_scores)):
-            return
-        if not all(math.isfinite(v) for v in values):
-            what = f"score constants (scale maxima {values[:-1]}, map maximum {values[-1]})"
-        else:
-            bad = int(np.count_nonzero(~np.isfinite(train_scores)))
-            what = f"training scores ({bad} of {train_scores.size})"
-        peak = max(_abs_max(f) for f in bank.fibers)
-        cfg = self.config
-        cause = f"encoder features up to {peak:.2g}"
-        if peak > _LARGE_FEATURES:
-            cause += (
-                f": an encoder without its pretrained weights (weights={cfg.weights!r})? Use "
-                "weights='imagenet' or a pretrained weights file, or fiber_norm='standardize' "
-                "to scale the features before the flows"
-            )
-        else:
-            cause += "; lower the learning rate (lr) or train for fewer epochs"
-        raise ModelError(
-            f"the {what} of this CFlow detector are not finite ({cause}); nothing was kept: "
-            "fix the settings and train again"
-        )
-
-    def _train(
-        self,
-        decoders: nn.ModuleList,
-        bank: FiberBank,
-        device: torch.device,
-        data_hash: str,
-        checkpoint: str | os.PathLike[str] | None,
-        callback: Callable[[int, float], None] | None,
-    ) -> list[float]:
-        """The training loop: shuffled fiber batches of every scale, one Adam step each."""
-        from tqdm.auto import tqdm
-
-        from asdflow.flows import logsigmoid_loss
-
-        cfg = self.config
-        n_batches = [n // cfg.fiber_batch for n in bank.n_fibers]
-        order = interleave_scales(n_batches)
-        steps_per_epoch = len(order)
-        total = steps_per_epoch * cfg.epochs
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-
-        optimizer = torch.optim.Adam(decoders.parameters(), lr=cfg.lr)
-
-        def factor(step: int) -> float:
-            return learning_rate_factor(step, total, warmup, min_factor=cfg.min_lr_factor)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        amp_dtype = None
-        if cfg.mixed_precision and device.type == "cuda":
-            amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-        losses: list[float] = []
-        start_epoch = 0
-        signature = {"config": _plain(cfg.to_dict()), "data": data_hash, "n_fibers": bank.n_fibers}
-        state = _read_checkpoint(checkpoint)
-        if state is not None:
-            if state["signature"] != signature:
-                raise ModelError(
-                    f"checkpoint {checkpoint} was written for other settings or training "
-                    "data; delete it or pass another checkpoint path"
-                )
-            decoders.load_state_dict(state["decoders"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler.is_enabled() and state["scaler"]:
-                scaler.load_state_dict(state["scaler"])
-            generator.set_state(state["generator"])
-            losses = [float(v) for v in state["losses"]]
-            start_epoch = int(state["epoch"])
-
-        bar = tqdm(
-            total=total,
-            initial=start_epoch * steps_per_epoch,
-            desc="training CFlow",
-            unit="step",
-            disable=not self.progress,
-        )
-        decoders.train()
-        for epoch in range(start_epoch, cfg.epochs):
-            perms = [
-                torch.randperm(n, generator=generator).to(bank.fibers[0].device)
-                for n in bank.n_fibers
-            ]
-            used = [0] * len(n_batches)
-            running = torch.zeros((), device=device)
-            for step, scale in enumerate(order):
-                k = used[scale]
-                used[scale] += 1
-                idx = perms[scale][k * cfg.fiber_batch : (k + 1) * cfg.fiber_batch]
-                x = bank.fibers[scale][idx].to(device, torch.float32, non_blocking=True)
-                c = bank.cond_table[scale][bank.cond_index[scale][idx]].to(
-                    device, non_blocking=True
-                )
-                with torch.autocast(
-                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                ):
-                    z, log_det = decoders[scale](x, c)
-                loss = fiber_loss(z, log_det, logsigmoid_loss)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                running = running + loss.detach()
-                if (step + 1) % 50 == 0 or step + 1 == steps_per_epoch:
-                    mean = float(running) / (step + 1)
-                    if not math.isfinite(mean):
-                        bar.close()
-                        raise ModelError(
-                            f"non-finite training loss in epoch {epoch + 1} of {cfg.epochs} "
-                            f"(step {step + 1}): lower the learning rate or check the "
-                            "feature images for extreme values"
-                        )
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{mean:.4f}")
-                bar.update(1)
-            losses.append(float(running) / steps_per_epoch)
-            if checkpoint is not None:
-                storage.save_state(
-                    {
-                        "kind": _CHECKPOINT_KIND,
-                        "format_version": FORMAT_VERSION,
-                        "versions": storage.versions(),
-                        "signature": signature,
-                        "epoch": epoch + 1,
-                        "losses": losses,
-                        "decoders": decoders.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(),
-                        "generator": generator.get_state(),
-                    },
-                    Path(checkpoint),
-                )
-            if callback is not None:
-                callback(epoch + 1, losses[-1])
-        bar.close()
-        return losses
 
     # -- scoring --------------------------------------------------------------
 
