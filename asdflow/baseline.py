@@ -62,13 +62,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import librosa
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from asdflow import storage
 from asdflow.base import BaseDetector, decide
+from asdflow.calibration import domain_threshold, holdout_split, training_domains
+from asdflow.data import load_audio
 from asdflow.errors import AudioError, ModelError, ParameterError
 
 if TYPE_CHECKING:
@@ -291,8 +295,6 @@ def log_mel(y: np.ndarray, config: AEConfig | None = None) -> np.ndarray:
         the power mel spectrogram, with ``eps`` the float64 machine epsilon;
         centred frames.
     """
-    import librosa
-
     cfg = config or AEConfig()
     mel = librosa.feature.melspectrogram(
         y=np.asarray(y, dtype=np.float32),
@@ -373,10 +375,6 @@ def extract_vectors(
     AudioError
         If a clip cannot be read or is too short for one vector.
     """
-    from tqdm.auto import tqdm
-
-    from asdflow.data import load_audio
-
     cfg = config or AEConfig()
     out = []
     for clip in tqdm(clips, desc="log-mel vectors", unit="clip", disable=not progress):
@@ -597,8 +595,6 @@ class AutoencoderDetector(BaseDetector):
 
     @staticmethod
     def _domains(data: Sequence[Any], domains: Sequence[str] | None) -> list[str]:
-        from asdflow.calibration import training_domains
-
         return training_domains(data, domains)
 
     # -- training -------------------------------------------------------------
@@ -634,8 +630,6 @@ class AutoencoderDetector(BaseDetector):
             non-finite loss (naming the epoch), non-finite training scores or
             thresholds, or bad inputs. Nothing learned is kept.
         """
-        from asdflow.calibration import domain_threshold, holdout_split
-
         cfg = self.config
         all_items: list[Any] = list(data)
         machine = storage.training_machine(all_items)
@@ -742,8 +736,6 @@ class AutoencoderDetector(BaseDetector):
         return self
 
     def _train(self, net: AENet, train_x: Tensor, val_x: Tensor) -> tuple[list[float], list[float]]:
-        from tqdm.auto import tqdm
-
         cfg = self.config
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         generator = torch.Generator().manual_seed(cfg.seed)

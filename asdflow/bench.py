@@ -13,6 +13,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile
+import torch
+
+from asdflow import cflow, features
+from asdflow.cflow import CFlowConfig, CFlowDetector, choose_device
+from asdflow.features import FeatureConfig
+from asdflow.flows import logsigmoid_loss
 
 
 def _machine_sounds(n_clips: int, seconds: float, sr: int, seed: int) -> list[np.ndarray]:
@@ -75,10 +82,6 @@ def bench_features(
         ``ratio`` = shared / naive; ``cache_speedup`` = cached / extract;
         ``n_jobs``, ``n_clips``, ``seconds``.
     """
-    import soundfile
-
-    from asdflow import features
-
     config = features.FeatureConfig()
     if hop_length is not None:
         config = dataclasses.replace(config, hop_length=hop_length)
@@ -164,11 +167,6 @@ def _naive_fit_seconds(config, images: list[np.ndarray], device) -> float:
     images per encoder pass, fibers shuffled within them), as the official
     training loop does.
     """
-    import torch
-
-    from asdflow import cflow
-    from asdflow.flows import logsigmoid_loss
-
     encoder = cflow.build_encoder(config).to(device)
     x0 = torch.from_numpy(np.stack(images[:1]))[:, None].expand(-1, 3, -1, -1).to(device)
     channels = [int(out.shape[1]) for out in encoder(x0)]
@@ -269,10 +267,6 @@ def bench_train(
         measured nor estimated), ``estimated`` (1.0 when the naive time is an
         estimate), ``epochs``, ``n_clips``, ``frames``, ``bank_gb``.
     """
-    import dataclasses
-
-    from asdflow.cflow import CFlowConfig, CFlowDetector, choose_device
-
     if full:
         config = CFlowConfig(weights="random", seed=seed, holdout=0.0, holdout_target=0.0)
         n_clips, seconds = n_clips or 1000, seconds or 10.0
@@ -284,7 +278,6 @@ def bench_train(
     if naive is None:
         naive = not full
     torch_device = choose_device(device)
-    from asdflow.features import FeatureConfig
 
     feature_config = FeatureConfig()
     if hop_length is not None:

@@ -118,6 +118,7 @@ def gamma_threshold(scores: Sequence[float] | np.ndarray, quantile: float = 0.9)
         return float(values[0])
 
     # Imported here: scipy.stats is slow to import and not needed otherwise.
+    # deferred: scipy.stats takes about a second to import
     from scipy import stats
 
     try:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import librosa
 import numpy as np
 import soundfile as sf
 
@@ -605,8 +606,6 @@ def load_audio(path: str | os.PathLike[str], *, sr: int = SAMPLE_RATE) -> np.nda
         )
     y = y.mean(axis=1) if y.shape[1] > 1 else y[:, 0]
     if file_sr != sr:
-        import librosa
-
         warnings.warn(
             f"{display_path(path)}: sample rate is {file_sr} Hz, not {sr} Hz; "
             f"resampled to {sr} Hz.",

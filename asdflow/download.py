@@ -71,6 +71,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+import pooch
+import requests
+from tqdm.auto import tqdm
+
 from asdflow.errors import DownloadError, ParameterError
 from asdflow.files import atomic_write, folder_lock, remove_leftovers, writable_folder
 
@@ -430,9 +434,6 @@ def fetch(
     DownloadError
         Naming the URL and the last reason.
     """
-    import pooch
-    import requests
-
     _check_retries(retries)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -622,15 +623,12 @@ def _refuse_unsafe(zip_path: Path, infos: list[zipfile.ZipInfo]) -> None:
 def _bar(items: list, progress: bool, **kwargs: object) -> Iterable:
     if not progress:
         return items
-    from tqdm.auto import tqdm
 
     return tqdm(items, **kwargs)
 
 
 def _say(message: str, progress: bool) -> None:
     if progress:
-        from tqdm.auto import tqdm
-
         tqdm.write(message, file=sys.stderr)
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -84,6 +85,7 @@ def _check_backbone(backbone: str) -> None:
 
 def imagenet_url(backbone: str) -> str:
     """Download address of torchvision's ``IMAGENET1K_V1`` weights of ``backbone``."""
+    # deferred: torchvision takes seconds to import, and only building an encoder needs it
     from torchvision.models import get_model_weights
 
     _check_backbone(backbone)
@@ -145,8 +147,6 @@ def _random_init(network: nn.Module, seed: int) -> None:
     float64 numbers on every platform; they are rounded to float32 here. The
     classifier ``fc`` is not part of the encoder and keeps torch's draw.
     """
-    import numpy as np
-
     rng = np.random.default_rng(seed)
     for module in network.modules():
         if isinstance(module, nn.Conv2d):
@@ -248,6 +248,7 @@ class Encoder(nn.Module):
         progress: bool = True,
     ) -> None:
         super().__init__()
+        # deferred: torchvision takes seconds to import, and only building an encoder needs it
         from torchvision.models import get_model
 
         _check_backbone(backbone)

@@ -35,19 +35,26 @@ import contextlib
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, TypeGuard
 
+import librosa
 import numpy as np
+import soundfile
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
 from asdflow import files
-from asdflow.data import display_path
+from asdflow.data import check_sample_rate, display_path, load_audio, open_audio
 from asdflow.errors import AudioError, ModelError, ParameterError
+from asdflow.files import cache_dir
 
 FEATURES_VERSION = 1
 """Version of the recipe; part of every cache key, so a change of recipe invalidates old entries."""
@@ -278,8 +285,6 @@ def feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> np.ndar
         policy), or if the image would hold NaN or infinity (the message
         names the row groups).
     """
-    import librosa
-
     config = config or FeatureConfig()
     y = np.asarray(y)
     if y.ndim != 1:
@@ -353,8 +358,6 @@ def naive_feature_image(y: np.ndarray, config: FeatureConfig | None = None) -> n
     -------
     np.ndarray [shape=(config.n_rows, 1 + n // hop_length), dtype=float32]
     """
-    import librosa
-
     config = config or FeatureConfig()
     y = np.asarray(y, dtype=np.float32)
     sr, n_fft, hop = config.sr, config.n_fft, config.hop_length
@@ -597,10 +600,6 @@ def nominal_length(clips: Sequence[Any], *, sr: int = 16000) -> int:
     ParameterError
         When ``sr`` is not a positive integer.
     """
-    import soundfile
-
-    from asdflow.data import check_sample_rate, open_audio
-
     check_sample_rate(sr)
     if not clips:
         raise AudioError("nominal_length needs at least one clip")
@@ -620,15 +619,11 @@ def nominal_length(clips: Sequence[Any], *, sr: int = 16000) -> int:
 
 
 def _load(path: Path, sr: int) -> np.ndarray:
-    from asdflow.data import load_audio
-
     return load_audio(path, sr=sr)
 
 
 def default_cache() -> Path:
-    """Folder of the feature cache: ``<cache_dir()>/features`` (see :func:`asdflow.modes.cache_dir`)."""
-    from asdflow.modes import cache_dir
-
+    """Folder of the feature cache: ``<cache_dir()>/features`` (see :func:`asdflow.files.cache_dir`)."""
     return cache_dir() / "features"
 
 
@@ -655,8 +650,6 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         When the file does not exist or cannot be read; the message names it
         and the cause ("permission denied", ...).
     """
-    from asdflow.data import open_audio
-
     digest = hashlib.blake2b(digest_size=16)
     with open_audio(path) as file:
         try:
@@ -683,8 +676,6 @@ def cache_key(path: str | os.PathLike, config: FeatureConfig) -> str:
     AudioError
         If the file does not exist or cannot be read.
     """
-    import librosa
-
     identity = {
         "version": FEATURES_VERSION,
         "librosa": librosa.__version__,  # type: ignore[attr-defined]  # set by its lazy loader
@@ -781,8 +772,6 @@ def _one_thread_per_worker() -> None:
     The workers already use every core; BLAS threads on top would only
     compete for them (OpenBLAS threads spin while they wait).
     """
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(limits=1, user_api="blas")
 
 
@@ -949,8 +938,6 @@ def extract(
         are still read; the other images are computed, not cached); once when
         some entries could not be written (e.g. an entry that is a folder).
     """
-    from tqdm.auto import tqdm
-
     check_n_jobs(n_jobs)
     config = config or FeatureConfig()
     paths = [_path_of(clip) for clip in clips]
@@ -991,9 +978,6 @@ def extract(
                 done[i] = result
                 bar.update()
         else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
             if multiprocessing.get_start_method() == "fork":
                 _warm_up()
             chunksize = max(1, min(8, len(tasks) // (4 * n_jobs)))

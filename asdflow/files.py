@@ -13,7 +13,8 @@ folder.
 
 :func:`refuse_overwrite` is the one "already exists, pass --overwrite"
 check, and :func:`folder_lock` keeps two asdflow processes from writing into
-the same run, cache or data folder at once.
+the same run, cache or data folder at once. :func:`cache_dir` and
+:func:`data_dir` say where asdflow keeps its caches and the DCASE data.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
+from filelock import FileLock, Timeout
+
 from asdflow.errors import AsdflowError, BusyError, ParameterError
 
 __all__ = [
+    "CACHE_ENV",
+    "DATA_ENV",
     "LOCK_FILE",
     "TEMP_SUFFIX",
     "atomic_write",
+    "cache_dir",
+    "data_dir",
     "folder_lock",
     "refuse_overwrite",
     "remove_leftovers",
@@ -43,6 +50,55 @@ TEMP_SUFFIX = ".asdflow-tmp"
 
 LOCK_FILE = ".asdflow.lock"
 """Name of the lock file :func:`folder_lock` keeps in a locked folder."""
+
+
+CACHE_ENV = "ASDFLOW_CACHE"
+"""Environment variable that moves the cache folder."""
+
+DATA_ENV = "ASDFLOW_DATA"
+"""Environment variable that moves the DCASE data folder."""
+
+
+def cache_dir() -> Path:
+    """Folder of asdflow's caches: ``$ASDFLOW_CACHE`` or ``~/.cache/asdflow``.
+
+    Returns
+    -------
+    Path
+        An existing folder (created if needed). It may be read-only: a
+        read-only feature cache still serves the entries it holds (see
+        :func:`asdflow.features.extract`).
+
+    Raises
+    ------
+    ParameterError
+        When the folder is a file, lies under a file, or cannot be created;
+        the message names ``ASDFLOW_CACHE`` and the path.
+    """
+    value = os.environ.get(CACHE_ENV)
+    path = Path(value) if value else Path.home() / ".cache" / "asdflow"
+    where = (
+        f"{CACHE_ENV}={path}" if value else f"the cache folder {path} (set {CACHE_ENV} to move it)"
+    )
+    fix = f"set {CACHE_ENV} to a folder you can write to"
+    try:
+        for parent in (path, *path.parents):
+            if parent.exists() and not parent.is_dir():
+                what = "is a file" if parent == path else f"lies under {parent}, which is a file"
+                raise ParameterError(f"{where} cannot be used: it {what}, not a folder; {fix}")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        reason = "permission denied" if isinstance(err, PermissionError) else err.strerror or err
+        raise ParameterError(f"{where} cannot be created ({reason}); {fix}") from err
+    return path
+
+
+def data_dir() -> Path:
+    """Root of the real DCASE data: ``$ASDFLOW_DATA`` or ``~/asdflow-data``.
+
+    The development set lives under ``<root>/dev_data/raw/<machine>/``.
+    """
+    return Path(os.environ.get(DATA_ENV) or Path.home() / "asdflow-data")
 
 
 def _umask() -> int:
@@ -217,8 +273,6 @@ def folder_lock(
     ParameterError
         When the folder cannot be created or written to.
     """
-    from filelock import FileLock, Timeout
-
     folder = writable_folder(folder, what)
     lock = FileLock(str(folder / LOCK_FILE), timeout=wait)
     try:

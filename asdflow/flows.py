@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import trange
 
 from asdflow.errors import ModelError
 
@@ -607,8 +608,6 @@ def fit_flow(
     losses : list of float, length epochs
         Mean negative log-likelihood per sample (nats) of each epoch.
     """
-    from tqdm.auto import trange
-
     reference = next(flow.parameters())
     x = _as_tensor(data, reference)
     c = _as_tensor(cond, reference)

@@ -38,9 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from asdflow import storage
 from asdflow.base import BaseDetector
+from asdflow.baseline import AEConfig, log_mel
+from asdflow.calibration import domain_threshold, training_domains
+from asdflow.data import load_audio
 from asdflow.errors import ModelError
 
 if TYPE_CHECKING:
@@ -142,8 +146,6 @@ def clip_statistics(y: np.ndarray, config: KNNConfig | None = None) -> np.ndarra
     -------
     np.ndarray [shape=(2 * n_mels,) or (n_mels,), dtype=float64]
     """
-    from asdflow.baseline import AEConfig, log_mel
-
     cfg = config or KNNConfig()
     mel_config = AEConfig(
         sr=cfg.sr, n_mels=cfg.n_mels, n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=cfg.power
@@ -221,10 +223,6 @@ class KNNDetector(BaseDetector):
 
     def _vectors(self, data: Sequence[Clip] | Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """One statistics vector per clip (or the given vectors, checked)."""
-        from tqdm.auto import tqdm
-
-        from asdflow.data import load_audio
-
         items = list(data)
         if not items:
             raise ModelError("no clips or vectors given")
@@ -274,8 +272,6 @@ class KNNDetector(BaseDetector):
             For fewer than 2 training clips, or silent clips (every
             dimension constant).
         """
-        from asdflow.calibration import domain_threshold, training_domains
-
         items = list(data)
         machine = storage.training_machine(items)
         labels = np.array(training_domains(items, domains), dtype=str)

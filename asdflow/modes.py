@@ -23,53 +23,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from asdflow.errors import ParameterError
+from asdflow import download, synth
+from asdflow.errors import AsdflowError, ParameterError
+
+# Where asdflow keeps its files is defined in asdflow.files (features need it too) and
+# re-exported here, where the chapters look for it.
+from asdflow.files import CACHE_ENV as CACHE_ENV
+from asdflow.files import DATA_ENV as DATA_ENV
+from asdflow.files import cache_dir as cache_dir
+from asdflow.files import data_dir as data_dir
 
 QUICK_ENV = "ASDFLOW_QUICK"
-CACHE_ENV = "ASDFLOW_CACHE"
-DATA_ENV = "ASDFLOW_DATA"
-
-
-def cache_dir() -> Path:
-    """Folder of asdflow's caches: ``$ASDFLOW_CACHE`` or ``~/.cache/asdflow``.
-
-    Returns
-    -------
-    Path
-        An existing folder (created if needed). It may be read-only: a
-        read-only feature cache still serves the entries it holds (see
-        :func:`asdflow.features.extract`).
-
-    Raises
-    ------
-    ParameterError
-        When the folder is a file, lies under a file, or cannot be created;
-        the message names ``ASDFLOW_CACHE`` and the path.
-    """
-    value = os.environ.get(CACHE_ENV)
-    path = Path(value) if value else Path.home() / ".cache" / "asdflow"
-    where = (
-        f"{CACHE_ENV}={path}" if value else f"the cache folder {path} (set {CACHE_ENV} to move it)"
-    )
-    fix = f"set {CACHE_ENV} to a folder you can write to"
-    try:
-        for parent in (path, *path.parents):
-            if parent.exists() and not parent.is_dir():
-                what = "is a file" if parent == path else f"lies under {parent}, which is a file"
-                raise ParameterError(f"{where} cannot be used: it {what}, not a folder; {fix}")
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        reason = "permission denied" if isinstance(err, PermissionError) else err.strerror or err
-        raise ParameterError(f"{where} cannot be created ({reason}); {fix}") from err
-    return path
-
-
-def data_dir() -> Path:
-    """Root of the real DCASE data: ``$ASDFLOW_DATA`` or ``~/asdflow-data``.
-
-    The development set lives under ``<root>/dev_data/raw/<machine>/``.
-    """
-    return Path(os.environ.get(DATA_ENV) or Path.home() / "asdflow-data")
 
 
 def _quick_requested() -> bool:
@@ -77,6 +41,7 @@ def _quick_requested() -> bool:
 
 
 def _cuda_available() -> bool:
+    # deferred: torch takes seconds to import; this module serves commands that do not need it
     import torch
 
     return torch.cuda.is_available()
@@ -135,6 +100,7 @@ def _quick(reason: str) -> Mode:
     # Quick-mode networks are small: one torch thread runs them as fast as two
     # on an idle 2-core machine and avoids the oversubscription that made them
     # ten times slower on a busy one (the results are the same).
+    # deferred: torch takes seconds to import; this module serves commands that do not need it
     import torch
 
     torch.set_num_threads(1)
@@ -173,8 +139,6 @@ def quick_data_root(*, seed: int = 0, progress: bool = False) -> Path:
     ParameterError
         When ``seed`` is not a non-negative integer.
     """
-    from asdflow import synth
-
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ParameterError(f"seed={seed!r} is not a seed: use an integer of 0 or more")
 
@@ -202,8 +166,6 @@ def prepare_data(mode: Mode, *, machines: tuple[str, ...] = FULL_MACHINES) -> tu
     """
     if mode.quick:
         return mode, quick_data_root()
-    from asdflow import download
-    from asdflow.errors import AsdflowError
 
     root = data_dir()
     try:

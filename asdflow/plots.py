@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from asdflow.errors import ParameterError
+from asdflow.features import FeatureConfig
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -66,9 +67,8 @@ def plot_feature_image(
     matplotlib.axes.Axes
         The axes drawn into; ``ax.figure`` is its figure.
     """
+    # deferred: pyplot picks a backend on import; only drawing needs it
     import matplotlib.pyplot as plt
-
-    from asdflow.features import FeatureConfig
 
     config = config or FeatureConfig()
     image = np.asarray(image, dtype=np.float64)
@@ -157,9 +157,8 @@ def plot_anomaly_map(
     matplotlib.axes.Axes
         The axes drawn into; ``ax.figure`` is its figure.
     """
+    # deferred: pyplot picks a backend on import; only drawing needs it
     import matplotlib.pyplot as plt
-
-    from asdflow.features import FeatureConfig
 
     config = config or FeatureConfig()
     every = config.row_groups()

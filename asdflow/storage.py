@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from asdflow import __version__
 from asdflow.errors import ModelError, ParameterError
 from asdflow.files import atomic_write
 
@@ -59,8 +60,6 @@ CHECKSUM_KEY = "checksum"
 
 def versions() -> dict[str, str]:
     """Versions recorded in every file: asdflow and torch, as plain strings."""
-    from asdflow import __version__
-
     return {"asdflow": str(__version__), "torch": str(torch.__version__)}
 
 

@@ -46,6 +46,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import soundfile as sf
+from tqdm.auto import tqdm
 
 from asdflow.data import ATTRIBUTES_FILE
 from asdflow.errors import AsdflowError, ParameterError
@@ -340,8 +342,6 @@ def _clip_seed(
 
 def _wav_bytes(y: np.ndarray) -> bytes:
     """A 16-bit PCM WAV file at :data:`SR`, encoded in memory."""
-    import soundfile as sf
-
     buffer = io.BytesIO()
     sf.write(buffer, y, SR, subtype="PCM_16", format="WAV")
     return buffer.getvalue()
@@ -540,8 +540,6 @@ def make_factory(
     BusyError
         When another process is writing into ``<dest>/dev_data``.
     """
-    from tqdm.auto import tqdm
-
     machines = tuple(dict.fromkeys(machines))
     for machine in machines:
         if machine not in GENERATORS:

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from asdflow import storage
+from asdflow.encoder import BACKBONES, PADDINGS
 from asdflow.errors import ModelError, ParameterError
+from asdflow.features import GROUPS, FeatureConfig
 
 if TYPE_CHECKING:
     from asdflow.features import FeatureConfig
@@ -195,8 +197,6 @@ class CFlowConfig:
     domain_aware: bool = False
 
     def __post_init__(self) -> None:
-        from asdflow.encoder import BACKBONES, PADDINGS
-
         owner = "CFlowConfig"
         checked: dict[str, Any] = {
             "backbone": storage.one_of(owner, "backbone", self.backbone, sorted(BACKBONES)),
@@ -317,7 +317,6 @@ class CFlowConfig:
         """
         if self.rows is None:
             return np.arange(n_rows)
-        from asdflow.features import FeatureConfig
 
         recipe = self.features or FeatureConfig()
         if n_rows != recipe.n_rows:
@@ -342,8 +341,6 @@ class CFlowConfig:
                 "asdflow version; re-train with this one"
             )
         if data.get("features") is not None:
-            from asdflow.features import FeatureConfig
-
             data["features"] = FeatureConfig(**data["features"])
         return cls(**data)
 
@@ -362,8 +359,6 @@ def _weights_setting(value: Any) -> str:
 
 def _features_setting(value: Any) -> FeatureConfig | None:
     """``CFlowConfig.features`` checked: None, a FeatureConfig, or its fields as a dict (JSON)."""
-    from asdflow.features import FeatureConfig
-
     if value is None or isinstance(value, FeatureConfig):
         return value
     if isinstance(value, dict):
@@ -383,7 +378,6 @@ def _rows_setting(value: Any) -> tuple[str, ...] | None:
     """``CFlowConfig.rows`` checked: None, or distinct row-group names as a tuple (lists from JSON)."""
     if value is None:
         return None
-    from asdflow.features import GROUPS
 
     rows = (value,) if isinstance(value, str) else value
     if not isinstance(rows, (list, tuple)) or not rows:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from asdflow.cflow.config import CFlowConfig
 from asdflow.errors import ParameterError
+from asdflow.flows import ConditionalFlow
 
 
 def _decoder_seed(seed: int, scale: int) -> int:
@@ -131,8 +132,6 @@ def build_decoders(
     normalisations: Sequence[tuple[Tensor, Tensor]] | None = None,
 ) -> nn.ModuleList:
     """One :class:`ScaleDecoder` per scale; placeholder normalisations when None (for loading)."""
-    from asdflow.flows import ConditionalFlow
-
     decoders = []
     for s, c in enumerate(channels):
         flow = ConditionalFlow(

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from asdflow import storage
+from asdflow import features, storage
 from asdflow.base import BaseDetector
+from asdflow.calibration import domain_threshold, holdout_split, training_domains
 from asdflow.cflow.config import CFlowConfig, _plain
 from asdflow.cflow.decoders import build_decoders, fiber_normalisation
 from asdflow.cflow.fibers import (
@@ -36,11 +38,12 @@ from asdflow.cflow.scores import (
     log_likelihood_per_dim,
 )
 from asdflow.cflow.training import check_finite, train_decoders
+from asdflow.domains import DomainScorer, image_statistics
 from asdflow.errors import ModelError
+from asdflow.features import FeatureConfig, RowStats
 
 if TYPE_CHECKING:
     from asdflow.data import Clip
-    from asdflow.features import RowStats
 
 
 #: Version of the layout of the files written by :meth:`CFlowDetector.save`.
@@ -223,8 +226,6 @@ class CFlowDetector(BaseDetector):
         elif any(isinstance(x, np.ndarray) for x in items):
             raise ModelError("mix of feature images and clips: pass one kind only")
         else:
-            from asdflow import features
-
             images = [
                 np.asarray(x, dtype=np.float32)
                 for x in features.extract(
@@ -322,10 +323,6 @@ class CFlowDetector(BaseDetector):
             message gives the size of the encoder's features), or a
             checkpoint from other settings or data. Nothing learned is kept.
         """
-        from asdflow.calibration import domain_threshold, holdout_split, training_domains
-        from asdflow.domains import DomainScorer, image_statistics
-        from asdflow.features import RowStats
-
         cfg = self.config
         items: Any = list(data) if not isinstance(data, np.ndarray) else data
         machine = storage.training_machine(items)
@@ -497,8 +494,6 @@ class CFlowDetector(BaseDetector):
         self, images: Sequence[np.ndarray]
     ) -> Iterator[tuple[list[Tensor], tuple[int, int], list[int]]]:
         """Per batch of same-size images: log-likelihood maps, image size, image indices."""
-        from tqdm.auto import tqdm
-
         cfg = self.config
         encoder = self._encoder_module()
         device = self._device
@@ -553,8 +548,6 @@ class CFlowDetector(BaseDetector):
             maps = anomaly_map(log_p, self.constants_, size)
             scores[members] = aggregate_map(maps, self.config.aggregation).numpy()
         if self.domain_scorer_ is not None:
-            from asdflow.domains import image_statistics
-
             statistics = image_statistics(raw, self._mel_rows(raw[0].shape[0]))
             scores = self.domain_scorer_.score(scores, statistics)
         bad = np.flatnonzero(~np.isfinite(scores))
@@ -568,8 +561,6 @@ class CFlowDetector(BaseDetector):
 
     def _mel_rows(self, n_rows: int) -> slice:
         """The log-mel rows of the input images, which the domain-aware score summarises."""
-        from asdflow.features import FeatureConfig
-
         recipe = self.config.features or FeatureConfig()
         if n_rows != recipe.n_rows:
             raise ModelError(
@@ -686,8 +677,6 @@ class CFlowDetector(BaseDetector):
         cache: str | os.PathLike[str] | None = None,
     ) -> CFlowDetector:
         """A fitted detector from :meth:`learned_state` (the other arguments as in the constructor)."""
-        from asdflow.features import RowStats
-
         det = cls(
             CFlowConfig.from_dict(data["config"]), device=device, cache=cache, progress=progress
         )
@@ -707,8 +696,6 @@ class CFlowDetector(BaseDetector):
         det.holdout_domains_ = np.array(data["holdout_domains"], dtype=str)
         scorer = data["domain_scorer"]
         if scorer is not None:
-            from asdflow.domains import DomainScorer
-
             scorer = DomainScorer.from_state(scorer)
         det.domain_scorer_ = scorer
         det.threshold_ = float(data["threshold"])

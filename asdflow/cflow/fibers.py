@@ -9,9 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from asdflow.cflow.config import CFlowConfig
+from asdflow.encoder import Encoder
 from asdflow.errors import ModelError
+from asdflow.flows import positional_encoding
 
 _GROUP = 16  # images handled together (encoded one by one, decoded together)
 
@@ -74,8 +77,6 @@ def fiber_conditions(height: int, width: int, dim: int, *, positional: bool = Tr
     >>> bool(torch.equal(codes[4], positional_encoding(2, 3, 8)[:, 1, 1]))
     True
     """
-    from asdflow.flows import positional_encoding
-
     if not positional:
         return torch.zeros(height * width, dim)
     pe = positional_encoding(height, width, dim, dtype=torch.float32)
@@ -213,8 +214,6 @@ def encode_fibers(
     -------
     FiberBank
     """
-    from tqdm.auto import tqdm
-
     if not images:
         raise ModelError("no images to encode")
     device = torch.device(device)
@@ -311,8 +310,6 @@ def _fingerprint(module: nn.Module) -> str:
 
 def build_encoder(config: CFlowConfig, *, progress: bool = False) -> nn.Module:
     """The frozen encoder of ``config``; random weights are drawn from ``encoder_seed``."""
-    from asdflow.encoder import Encoder
-
     return Encoder(
         backbone=config.backbone,
         weights=config.weights,

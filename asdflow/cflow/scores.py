@@ -16,6 +16,7 @@ from torch import Tensor
 
 from asdflow.cflow.config import _AGGREGATIONS
 from asdflow.errors import ModelError, ParameterError
+from asdflow.flows import gaussian_log_likelihood, logsigmoid_loss
 
 # ---------------------------------------------------------------------------
 # Pure math: log-likelihoods, learning rate, anomaly maps, scores
@@ -41,8 +42,6 @@ def log_likelihood_per_dim(z: Tensor, log_det: Tensor) -> Tensor:
     Tensor [shape=(N,), dtype=float32]
         Nats per dimension.
     """
-    from asdflow.flows import gaussian_log_likelihood
-
     z = z.float()
     return gaussian_log_likelihood(z, log_det.float()) / z.shape[1]
 
@@ -242,8 +241,6 @@ def fiber_loss(
     -------
     Tensor [shape=()]
     """
-    from asdflow.flows import gaussian_log_likelihood, logsigmoid_loss
-
     fn = loss if loss is not None else logsigmoid_loss
     z = z.float()
     return fn(gaussian_log_likelihood(z, log_det.float()), z.shape[1])

@@ -75,6 +75,7 @@ def auc(y_true: np.ndarray | Sequence[int], scores: np.ndarray | Sequence[float]
         In [0, 1]: the probability that a random anomalous clip scores higher
         than a random normal one, ties counting one half.
     """
+    # deferred: scikit-learn takes about a second to import
     from sklearn.metrics import roc_auc_score
 
     y, s = _as_arrays(y_true, scores)
@@ -107,6 +108,7 @@ def pauc(
     -------
     float
     """
+    # deferred: scikit-learn takes about a second to import
     from sklearn.metrics import roc_auc_score
 
     y, s = _as_arrays(y_true, scores)
@@ -257,6 +259,7 @@ def harmonic_mean(values: Iterable[float]) -> float:
     -------
     float
     """
+    # deferred: scipy.stats takes about a second to import
     from scipy.stats import hmean
 
     array = np.asarray(list(values), dtype=np.float64)

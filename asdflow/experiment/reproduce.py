@@ -8,9 +8,9 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from asdflow import files
+from asdflow import data, files
 from asdflow.detector import (
     MODELS,
     VARIANTS,
@@ -23,6 +23,7 @@ from asdflow.errors import (
     ModelError,
     ParameterError,
 )
+from asdflow.evaluation import Cell
 from asdflow.experiment.results import Summary, evaluate_runs
 from asdflow.experiment.runs import (
     RunInfo,
@@ -44,10 +45,7 @@ from asdflow.experiment.settings import (
     data_fingerprint,
     run_config,
 )
-
-if TYPE_CHECKING:
-    from asdflow.evaluation import Cell
-    from asdflow.modes import Mode
+from asdflow.modes import Mode, cache_dir
 
 # ---------------------------------------------------------------------------
 # Reproduce Table 1
@@ -139,8 +137,6 @@ def reproduce(
     Summary
         With the hardware and the training time in its notes.
     """
-    from asdflow import data
-
     start = time.perf_counter()
     _check_device(device)
     models = list(dict.fromkeys(models))
@@ -284,8 +280,6 @@ def trained_detector(
     -------
     CFlowDetector or AutoencoderDetector
     """
-    from asdflow.modes import cache_dir
-
     model_spec(model)
     if variant is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", variant):
         raise ParameterError(

@@ -7,9 +7,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from asdflow import files
+from asdflow import evaluation, files
 from asdflow.detector import (
     MODELS,
     VARIANTS,
@@ -19,6 +18,16 @@ from asdflow.errors import (
     ParameterError,
     SubmissionError,
 )
+from asdflow.evaluation import (
+    DECISION_METRICS,
+    METRICS,
+    Cell,
+    MachineResult,
+    ResultTable,
+    Truth,
+    evaluate_submission,
+    result_table,
+)
 from asdflow.experiment.runs import RunInfo, read_run_info
 from asdflow.experiment.settings import (
     _SCORE_FILE,
@@ -27,9 +36,6 @@ from asdflow.experiment.settings import (
     _is_plain_name,
     _test_clips,
 )
-
-if TYPE_CHECKING:
-    from asdflow.evaluation import Cell, MachineResult, ResultTable, Truth
 
 # ---------------------------------------------------------------------------
 # Ground truth and results
@@ -73,8 +79,6 @@ def ground_truth(
     LayoutError
         When ``root`` has no test clips of the machine type.
     """
-    from asdflow import evaluation
-
     if (root is None) == (path is None):
         raise SubmissionError(
             "give the ground truth either as a data root (--root, labels from the file names) "
@@ -140,8 +144,6 @@ def collect_results(
     SubmissionError
         For a missing folder, a folder without DCASE files, or a bad file.
     """
-    from asdflow.evaluation import evaluate_submission
-
     if not dirs:
         raise SubmissionError("no folders of DCASE files given")
     found: list[tuple[Path, str, str, RunInfo | None]] = []
@@ -304,8 +306,6 @@ def evaluate_runs(
     Summary
         Titled :data:`QUICK_TITLE` when any run was trained in quick mode.
     """
-    from asdflow.evaluation import DECISION_METRICS, METRICS, result_table
-
     results = collect_results(dirs, root=root, ground_truth_path=ground_truth_path)
     machines = list(dict.fromkeys(r.machine for r in results))
     metrics = (*METRICS, *DECISION_METRICS)

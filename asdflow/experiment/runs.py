@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import asdflow
 from asdflow import files
 from asdflow.detector import (
     MODELS,
@@ -27,6 +28,7 @@ from asdflow.errors import (
     ParameterError,
     SubmissionError,
 )
+from asdflow.evaluation import decision_file_name, score_file_name, write_submission
 from asdflow.experiment.settings import (
     _TRAINING_FILE,
     CHECKPOINT_FILE,
@@ -168,8 +170,6 @@ def has_detector(directory: str | os.PathLike[str]) -> bool:
 
 
 def _submission_paths(directory: Path, machine: str) -> tuple[Path, Path]:
-    from asdflow.evaluation import decision_file_name, score_file_name
-
     return directory / score_file_name(machine), directory / decision_file_name(machine)
 
 
@@ -182,9 +182,8 @@ def is_finished(directory: str | os.PathLike[str], machine: str) -> bool:
 
 
 def _versions() -> dict[str, str]:
+    # deferred: torch takes seconds to import; this module serves commands that do not need it
     import torch
-
-    import asdflow
 
     return {
         "asdflow": str(asdflow.__version__),
@@ -356,6 +355,7 @@ def _train_locked(
     seconds = time.perf_counter() - start
     detector.save(work / DETECTOR_FILES[model])
 
+    # deferred: torch takes seconds to import; this module serves commands that do not need it
     import torch
 
     used = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -501,8 +501,8 @@ def _score_locked(
     progress: bool,
 ) -> tuple[Path, Path]:
     """The body of :func:`score_run`, run while the run folder is locked."""
+    # deferred: asdflow.base imports torch, which scoring needs but the other commands do not
     from asdflow.base import decide
-    from asdflow.evaluation import write_submission
 
     _say(f"scoring {len(clips)} test clips of {machine} with {directory}", progress)
     start = time.perf_counter()

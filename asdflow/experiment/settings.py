@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
+from asdflow import data, features
 from asdflow.detector import (
     VARIANTS,
     FieldView,
@@ -23,6 +26,7 @@ from asdflow.errors import (
     LayoutError,
     ParameterError,
 )
+from asdflow.features import file_digest
 
 if TYPE_CHECKING:
     from asdflow.data import Clip
@@ -62,8 +66,6 @@ _SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_section_(?P<section>\d
 def _say(message: str, progress: bool) -> None:
     """A status line on stderr between progress bars (only when ``progress``)."""
     if progress:
-        from tqdm.auto import tqdm
-
         tqdm.write(message, file=sys.stderr)
 
 
@@ -81,6 +83,7 @@ def _check_device(device: str | None) -> None:
     """Refuse a device name torch does not know, or CUDA on a machine without it."""
     if device is None:
         return
+    # deferred: torch takes seconds to import; this module serves commands that do not need it
     import torch
 
     try:
@@ -107,6 +110,7 @@ def hardware(device: str | None = None) -> str:
         e.g. ``"CPU Intel(R) Xeon(R) ... (2 cores)"`` or
         ``"GPU NVIDIA H100 80GB HBM3; CPU ... (16 cores)"``.
     """
+    # deferred: torch takes seconds to import; this module serves commands that do not need it
     import torch
 
     cpu = platform.processor() or platform.machine() or "unknown processor"
@@ -145,8 +149,6 @@ def data_fingerprint(clips: Sequence[Clip]) -> str:
     str
         32 hexadecimal digits.
     """
-    from asdflow.features import file_digest
-
     digest = hashlib.blake2b(digest_size=16)
     for clip in sorted(clips, key=lambda c: c.path.name):
         digest.update(f"{clip.path.name}\0{file_digest(clip.path)}\n".encode())
@@ -155,8 +157,6 @@ def data_fingerprint(clips: Sequence[Clip]) -> str:
 
 def _train_clips(root: str | os.PathLike[str], machine: str) -> list[Clip]:
     """The normal training clips of one machine type (development or additional training set)."""
-    from asdflow import data
-
     clips = data.scan(root, machines=[machine], split="train")
     clips = [clip for clip in clips if clip.label != "anomaly"]
     if not clips:
@@ -169,8 +169,6 @@ def _train_clips(root: str | os.PathLike[str], machine: str) -> list[Clip]:
 
 def _test_clips(root: str | os.PathLike[str], machine: str) -> list[Clip]:
     """The test clips of one machine type, sorted by path."""
-    from asdflow import data
-
     clips = data.scan(root, machines=[machine], split="test")
     if not clips:
         raise LayoutError(
@@ -254,8 +252,6 @@ def run_config(
     LayoutError
         When the machine type has no training clips under ``root``.
     """
-    from asdflow import features
-
     spec = model_spec(model)
     cls = spec.config_class()
     changes = dict(changes or {})
