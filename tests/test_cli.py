@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,27 @@ def test_every_command_explains_itself(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert f"asdflow {command}" in text and "examples:" in text
+
+
+def test_help_loads_neither_numpy_nor_torch():
+    """``asdflow --help`` answers at once: the command modules import the heavy ones in use."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from asdflow import cli\n"
+        "for argv in ([], ['train'], ['demo']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        cli.main([*argv, '--help'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'torch'}))\n"
+    )
+    package_parent = Path(cli.__file__).resolve().parents[2]  # the asdflow this test imported
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=package_parent,
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_train_prints_next_step_and_records_the_run(runs, factory):
