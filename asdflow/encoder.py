@@ -304,7 +304,7 @@ class Encoder(nn.Module):
 
         Parameters
         ----------
-        x : Tensor, shape (B, 3, H, W), float
+        x : Tensor [shape=(B, 3, H, W)]
             Images (in asdflow: the standardised feature image repeated on
             three channels).
 

@@ -157,11 +157,11 @@ class CouplingBlock(nn.Module):
     subnet : nn.Sequential
         ``Linear(d_in, hidden_factor * d_in)``, ``ReLU``,
         ``Linear(hidden_factor * d_in, 2 * floor(C/2))``.
-    gamma : nn.Parameter, shape (C,)
+    gamma : nn.Parameter [shape=(C,)]
         Raw global scale; ``g = 0.2 * ln(1 + exp(0.5 * gamma))``.
-    offset : nn.Parameter, shape (C,)
+    offset : nn.Parameter [shape=(C,)]
         Global offset ``b``.
-    rotation : Tensor, shape (C, C)
+    rotation : Tensor [shape=(C, C)]
         The fixed orthogonal mixing matrix ``W`` (a buffer, det +1).
 
     Notes
@@ -253,16 +253,16 @@ class CouplingBlock(nn.Module):
 
         Parameters
         ----------
-        x : Tensor, shape (N, C)
+        x : Tensor [shape=(N, C)]
             Input vectors.
-        c : Tensor, shape (N, cond_dim), or None
+        c : Tensor [shape=(N, cond_dim)] or None
             Condition vectors; None for an unconditional block.
 
         Returns
         -------
-        y : Tensor, shape (N, C)
+        y : Tensor [shape=(N, C)]
             Output vectors.
-        log_det : Tensor, shape (N,)
+        log_det : Tensor [shape=(N,)]
             ``log |det dy/dx|`` per sample, in nats.
         """
         c = self._check(x, c)
@@ -280,14 +280,14 @@ class CouplingBlock(nn.Module):
 
         Parameters
         ----------
-        y : Tensor, shape (N, C)
+        y : Tensor [shape=(N, C)]
             Output vectors of the block.
-        c : Tensor, shape (N, cond_dim), or None
+        c : Tensor [shape=(N, cond_dim)] or None
             The same condition as in the forward pass.
 
         Returns
         -------
-        x : Tensor, shape (N, C)
+        x : Tensor [shape=(N, C)]
         """
         c = self._check(y, c)
         # Solve u W^T = y instead of multiplying by W: exact even when W was
@@ -381,16 +381,16 @@ class ConditionalFlow(nn.Module):
 
         Parameters
         ----------
-        x : Tensor, shape (N, C)
+        x : Tensor [shape=(N, C)]
             Input vectors (in CFlow: feature-map fibers, one per position).
-        c : Tensor, shape (N, cond_dim), or None
+        c : Tensor [shape=(N, cond_dim)] or None
             Condition vectors (in CFlow: the positional encoding of each fiber).
 
         Returns
         -------
-        z : Tensor, shape (N, C)
+        z : Tensor [shape=(N, C)]
             Latent vectors; standard Gaussian once the flow is trained.
-        log_det : Tensor, shape (N,)
+        log_det : Tensor [shape=(N,)]
             ``log |det dz/dx|`` per sample, summed over the blocks, in nats.
         """
         log_det = x.new_zeros(x.shape[0])
@@ -404,12 +404,12 @@ class ConditionalFlow(nn.Module):
 
         Parameters
         ----------
-        z : Tensor, shape (N, C)
-        c : Tensor, shape (N, cond_dim), or None
+        z : Tensor [shape=(N, C)]
+        c : Tensor [shape=(N, cond_dim)] or None
 
         Returns
         -------
-        x : Tensor, shape (N, C)
+        x : Tensor [shape=(N, C)]
         """
         for block in reversed(self._blocks()):
             z = block.inverse(z, c)
@@ -420,12 +420,12 @@ class ConditionalFlow(nn.Module):
 
         Parameters
         ----------
-        x : Tensor, shape (N, C)
-        c : Tensor, shape (N, cond_dim), or None
+        x : Tensor [shape=(N, C)]
+        c : Tensor [shape=(N, cond_dim)] or None
 
         Returns
         -------
-        log_p : Tensor, shape (N,)
+        log_p : Tensor [shape=(N,)]
             ``log p(x | c)`` in nats per sample (see :func:`gaussian_log_likelihood`).
 
         Notes
@@ -451,14 +451,14 @@ def gaussian_log_likelihood(z: Tensor, log_det: Tensor) -> Tensor:
 
     Parameters
     ----------
-    z : Tensor, shape (N, C)
+    z : Tensor [shape=(N, C)]
         Flow outputs.
-    log_det : Tensor, shape (N,)
+    log_det : Tensor [shape=(N,)]
         ``log |det dz/dx|`` per sample.
 
     Returns
     -------
-    log_p : Tensor, shape (N,)
+    log_p : Tensor [shape=(N,)]
         Log-likelihood per sample, in nats.
     """
     dim = z.shape[1]
@@ -475,14 +475,14 @@ def logsigmoid_loss(log_p: Tensor, dim: int) -> Tensor:
 
     Parameters
     ----------
-    log_p : Tensor, shape (N,)
+    log_p : Tensor [shape=(N,)]
         Log-likelihoods in nats (:func:`gaussian_log_likelihood`).
     dim : int
         Number of channels ``C`` of the samples.
 
     Returns
     -------
-    loss : Tensor, shape ()
+    loss : Tensor [shape=()]
         Scalar to minimise.
     """
     return -F.logsigmoid(log_p / dim).mean()
@@ -515,7 +515,7 @@ def positional_encoding(
 
     Returns
     -------
-    encoding : Tensor, shape (dim, height, width)
+    encoding : Tensor [shape=(dim, height, width)]
         ``encoding[:, i, j]`` is the condition vector of position (row ``i``,
         column ``j``).
 
@@ -590,9 +590,9 @@ def fit_flow(
     ----------
     flow : ConditionalFlow
         The flow to train (its dtype and device are used for the data).
-    data : array or Tensor, shape (N, C)
+    data : array or Tensor [shape=(N, C)]
         Training samples.
-    cond : array or Tensor, shape (N, cond_dim), or None
+    cond : array or Tensor [shape=(N, cond_dim)] or None
         Their conditions, for a conditional flow.
     epochs, batch_size : int
         Passes over the data and samples per step.
@@ -605,7 +605,7 @@ def fit_flow(
 
     Returns
     -------
-    losses : list of float, length epochs
+    losses : list of float [length=epochs]
         Mean negative log-likelihood per sample (nats) of each epoch.
     """
     reference = next(flow.parameters())
@@ -652,14 +652,14 @@ def sample(
     flow : ConditionalFlow
     n : int
         Number of samples.
-    cond : Tensor, shape (n, cond_dim), or None
+    cond : Tensor [shape=(n, cond_dim)] or None
         Conditions, for a conditional flow.
     seed : int or None
         Seed of the Gaussian draws (None: torch's global generator).
 
     Returns
     -------
-    x : Tensor, shape (n, C)
+    x : Tensor [shape=(n, C)]
         Samples, in the flow's dtype and on its device.
     """
     reference = next(flow.parameters())

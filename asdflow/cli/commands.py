@@ -8,6 +8,7 @@ Their options, help texts and examples are in :mod:`asdflow.cli.parser`.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from asdflow.detector import MODELS, VARIANTS, table_order
@@ -19,8 +20,6 @@ from asdflow.errors import ParameterError
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """``asdflow synth DEST``: write the toy factory in the DCASE layout."""
-    import time
-
     from asdflow import data, synth
 
     sizes = dict(synth.QUICK_FACTORY) if args.quick else {}
@@ -50,8 +49,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     """``asdflow features ROOT``: extract and cache the 158-row feature images."""
-    import time
-
     from asdflow import data, features
 
     clips = data.scan(args.root, machines=args.machine)
@@ -203,8 +200,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``asdflow demo``: the whole pipeline on the synthetic factory, quick mode."""
-    import time
-
     from asdflow import data, experiment, synth
     from asdflow.modes import cache_dir
 

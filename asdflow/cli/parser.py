@@ -9,6 +9,7 @@ work starts.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from asdflow.cli.commands import (
@@ -30,8 +31,6 @@ class _HelpFormatter(argparse.HelpFormatter):
     """Wraps descriptions; keeps the lines of example blocks (indented lines) as written."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        import textwrap
-
         blocks = []
         for block in text.split("\n\n"):
             lines = block.splitlines()
