@@ -101,6 +101,25 @@ def test_a_fitted_detector_satisfies_the_detector_protocol(factory):
     assert isinstance(det.fit(clips), Detector)
 
 
+def test_the_built_in_detectors_share_the_base_class_and_keep_their_files_apart(factory, tmp_path):
+    from asdflow import data
+    from asdflow.errors import ModelError
+
+    classes = [spec.detector_class() for spec in MODELS.values()]
+    assert all(issubclass(cls, BaseDetector) for cls in classes)
+    assert len({cls.file_kind for cls in classes}) == len(classes)
+
+    clips = data.scan(factory, machines=MACHINE, split="train")
+    det = MODELS["knn"].detector_class()(MODELS["knn"].config_class()(), progress=False).fit(clips)
+    scores = det.score_samples(clips[:3])
+    assert np.array_equal(det.score(clips[:3]), scores)  # the old name gives the same scores
+    assert np.array_equal(det.predict(clips[:3]), (scores > det.threshold_).astype(np.int64))
+    path = det.save(tmp_path / "knn.pt")
+    assert np.array_equal(type(det).load(path).score_samples(clips[:3]), scores)
+    with pytest.raises(ModelError, match="autoencoder detector file"):
+        MODELS["ae"].detector_class().load(path)
+
+
 def test_register_refuses_a_name_twice_and_a_variant_of_an_unknown_model():
     with pytest.raises(ParameterError, match="already registered"):
         detector.register(ModelSpec("knn", "kNN", "x.pt", LoudnessDetector, LoudnessConfig))
