@@ -132,7 +132,7 @@ class BaseDetector:
         raise NotImplementedError(f"{type(self).__name__} does not define score_samples")
 
     def score(self, data: Sequence[Any], **options: Any) -> np.ndarray:
-        """The same as :meth:`score_samples` (its name before asdflow 0.3)."""
+        """The same as :meth:`score_samples`, under its earlier name (older code keeps working)."""
         return self.score_samples(data, **options)
 
     def predict(self, data: Sequence[Any]) -> np.ndarray:
