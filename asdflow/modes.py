@@ -34,6 +34,28 @@ from asdflow.files import cache_dir as cache_dir
 from asdflow.files import data_dir as data_dir
 
 QUICK_ENV = "ASDFLOW_QUICK"
+MACHINES_ENV = "ASDFLOW_MACHINES"
+
+QUICK_MACHINES: tuple[str, ...] = tuple(sorted(synth.MACHINES))
+"""Machine types of quick mode: the synthetic factory's, named after three DCASE development machine types."""
+
+BOOK_MACHINES = ("fan",)
+"""DCASE development machine types a chapter uses in full mode, unless ``ASDFLOW_MACHINES`` names others.
+
+One machine type keeps every chapter within about 20 minutes on a free Colab GPU
+(:mod:`asdflow.budget`). ``fan`` is the machine type of the report's Table 1 whose
+target-domain AUC falls furthest below the source domain's (chapter 7's subject);
+``asdflow reproduce`` runs all seven.
+"""
+
+BOOK_EPOCHS = (("cflow", 6), ("ae", 20))
+"""Training epochs of the chapters' detectors in full mode, per model (others: their configuration's).
+
+The report's CFlow settings (:class:`asdflow.cflow.CFlowConfig`, 25 passes over
+the fibers) and the DCASE baseline's 100 epochs take several times longer; they
+are what ``asdflow reproduce`` runs.
+:func:`asdflow.budget.chapter_budget` estimates what these settings cost per chapter.
+"""
 
 
 def _quick_requested() -> bool:
@@ -59,11 +81,23 @@ class Mode:
         Why this mode was chosen, in words, printed by the chapters.
     device : str
         ``"cuda"`` or ``"cpu"``.
+    machines : tuple of str
+        The machine types the chapters use: the synthetic factory's three in
+        quick mode, :func:`book_machines` in full mode.
+    epochs : tuple of (str, int)
+        Training epochs per model where the mode shortens the configuration's
+        (full mode: :data:`BOOK_EPOCHS`; see :meth:`epochs_of`).
     """
 
     name: str
     reason: str
     device: str
+    machines: tuple[str, ...] = QUICK_MACHINES
+    epochs: tuple[tuple[str, int], ...] = ()
+
+    def epochs_of(self, model: str) -> int | None:
+        """Training epochs of ``model`` in this mode (None: its configuration's own)."""
+        return dict(self.epochs).get(model)
 
     @property
     def quick(self) -> bool:
@@ -93,7 +127,31 @@ def detect_mode() -> Mode:
         return _quick(f"{QUICK_ENV}=1 is set")
     if not _cuda_available():
         return _quick("no CUDA GPU was found")
-    return Mode("full", "a CUDA GPU is present", "cuda")
+    return Mode("full", "a CUDA GPU is present", "cuda", book_machines(), BOOK_EPOCHS)
+
+
+def book_machines() -> tuple[str, ...]:
+    """The development machine types of full mode: ``ASDFLOW_MACHINES`` (comma-separated) or :data:`BOOK_MACHINES`.
+
+    Raises
+    ------
+    ParameterError
+        When ``ASDFLOW_MACHINES`` names a machine type that is not in the development set.
+    """
+    text = os.environ.get(MACHINES_ENV, "").strip()
+    if not text:
+        return BOOK_MACHINES
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    known = download.MACHINES["dev"]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise ParameterError(
+            f"{MACHINES_ENV}={text!r} names no development machine type"
+            if not names
+            else f"{MACHINES_ENV} names {', '.join(unknown)}, not a development machine type; "
+            f"choose from {', '.join(known)}"
+        )
+    return names
 
 
 def _quick(reason: str) -> Mode:
@@ -110,10 +168,6 @@ def _quick(reason: str) -> Mode:
 def quick_fallback(reason: str) -> Mode:
     """The quick mode chosen after full mode turned out impossible (e.g. no data)."""
     return _quick(reason)
-
-
-FULL_MACHINES = ("bearing", "fan", "valve")
-"""Development machine types the chapters use in full mode (the synthetic factory has the same names)."""
 
 
 def quick_data_root(*, seed: int = 0, progress: bool = False) -> Path:
@@ -146,15 +200,15 @@ def quick_data_root(*, seed: int = 0, progress: bool = False) -> Path:
     return synth.make_factory(root, **synth.QUICK_FACTORY, seed=seed, progress=progress)
 
 
-def prepare_data(mode: Mode, *, machines: tuple[str, ...] = FULL_MACHINES) -> tuple[Mode, Path]:
+def prepare_data(mode: Mode, *, machines: tuple[str, ...] | None = None) -> tuple[Mode, Path]:
     """Data root for ``mode``, downloading the DCASE development data in full mode.
 
     Parameters
     ----------
     mode : Mode
         From :func:`detect_mode`.
-    machines : tuple of str
-        Development machine types needed in full mode.
+    machines : tuple of str or None
+        Development machine types needed in full mode (None: ``mode.machines``).
 
     Returns
     -------
@@ -169,7 +223,7 @@ def prepare_data(mode: Mode, *, machines: tuple[str, ...] = FULL_MACHINES) -> tu
 
     root = data_dir()
     try:
-        download.download(root, dataset="dev", machines=list(machines))
+        download.download(root, dataset="dev", machines=list(machines or mode.machines))
     except AsdflowError as err:
         fallback = quick_fallback(f"the DCASE data could not be had ({err})")
         return fallback, quick_data_root()

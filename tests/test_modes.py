@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from asdflow import data, download, modes, synth
-from asdflow.errors import DownloadError
+from asdflow.errors import DownloadError, ParameterError
 
 TINY = {"n_train_source": 2, "n_train_target": 1, "n_test_per_domain": 1, "seconds": 0.25}
 
@@ -82,3 +82,31 @@ def test_full_mode_falls_back_to_quick_when_data_cannot_be_had(
     assert mode.quick
     assert "could not be reached" in mode.reason
     assert data.machines(root) == sorted(synth.QUICK_FACTORY["machines"])
+
+
+def test_full_mode_uses_the_book_budget(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.delenv(modes.QUICK_ENV, raising=False)
+    monkeypatch.delenv(modes.MACHINES_ENV, raising=False)
+    monkeypatch.setattr(modes, "_cuda_available", lambda: True)
+    full = modes.detect_mode()
+    assert full.machines == modes.BOOK_MACHINES
+    assert full.epochs_of("cflow") == dict(modes.BOOK_EPOCHS)["cflow"]
+    assert full.epochs_of("knn") is None
+    quick = modes.Mode("quick", "test", "cpu")
+    assert quick.machines == modes.QUICK_MACHINES and quick.epochs_of("cflow") is None
+
+    wanted = []
+    monkeypatch.setattr(download, "download", lambda root, **kw: wanted.append(kw["machines"]))
+    monkeypatch.setenv(modes.DATA_ENV, str(tmp_path))
+    modes.prepare_data(full)
+    assert wanted == [list(modes.BOOK_MACHINES)], (
+        "full mode downloads the book's machine types only"
+    )
+
+
+def test_machines_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(modes.MACHINES_ENV, " bearing, valve ")
+    assert modes.book_machines() == ("bearing", "valve")
+    monkeypatch.setenv(modes.MACHINES_ENV, "bearing,toaster")
+    with pytest.raises(ParameterError, match="toaster.*choose from"):
+        modes.book_machines()

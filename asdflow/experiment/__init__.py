@@ -19,7 +19,7 @@ book chapters that share trained detectors. Each step is one function:
 - :func:`reproduce` - every machine type x seed x model, resumable, ending in
   the layout of the report's Table 1 with the report's numbers beside ours;
 - :func:`trained_detector` - a detector from the shared cache of the book
-  chapters, trained on first use.
+  chapters, trained on first use with the settings of :func:`mode_config`.
 
 A run folder holds::
 
@@ -41,7 +41,7 @@ The modules (every name is importable from ``asdflow.experiment`` itself):
 """
 
 from asdflow.detector import MODELS, VARIANTS
-from asdflow.experiment.reproduce import reproduce, trained_detector
+from asdflow.experiment.reproduce import mode_config, reproduce, trained_detector
 from asdflow.experiment.results import (
     Summary,
     collect_results,
@@ -92,6 +92,7 @@ __all__ = [
     "load_detector",
     "parse_settings",
     "read_run_info",
+    "mode_config",
     "reproduce",
     "run_config",
     "run_dir",

@@ -232,6 +232,50 @@ def reproduce(
 # ---------------------------------------------------------------------------
 
 
+def mode_config(
+    model: str,
+    root: str | os.PathLike[str],
+    machine: str,
+    *,
+    mode: Mode,
+    seed: int = 0,
+    changes: dict[str, Any] | None = None,
+) -> Config:
+    """The settings a chapter trains with: :func:`run_config` of the mode, with the mode's epochs.
+
+    Quick mode gives the quick configuration; full mode the full configuration
+    with the shorter training of :data:`asdflow.modes.BOOK_EPOCHS`, so that a
+    chapter fits a Colab session (``asdflow reproduce`` keeps the report's).
+
+    Parameters
+    ----------
+    model : {"cflow", "ae", "knn"}
+    root : path
+        Data root.
+    machine : str
+        Machine type.
+    mode : Mode
+        From :func:`asdflow.modes.detect_mode`.
+    seed : int
+        Seed of the run.
+    changes : dict or None
+        Other fields to override, as in :func:`run_config`.
+
+    Returns
+    -------
+    CFlowConfig or AEConfig or KNNConfig
+    """
+    return run_config(
+        model,
+        root,
+        machine,
+        quick=mode.quick,
+        seed=seed,
+        epochs=mode.epochs_of(model),
+        changes=changes,
+    )
+
+
 def trained_detector(
     root: str | os.PathLike[str],
     machine: str,
@@ -269,7 +313,7 @@ def trained_detector(
     seed : int
         Seed of the run; it replaces ``config.seed``.
     config : CFlowConfig or AEConfig or None
-        Settings (None: :func:`run_config` of the mode).
+        Settings (None: :func:`mode_config`).
     variant : str or None
         Name of a non-default setting (letters, digits, ``-`` and ``_``);
         None for the default detector of the mode.
@@ -288,7 +332,7 @@ def trained_detector(
     folder = model if variant is None else f"{model}-{variant}"
     directory = run_dir(cache_dir() / "runs" / mode.name, folder, machine, seed)
     if config is None:
-        config = run_config(model, root, machine, quick=mode.quick, seed=seed)
+        config = mode_config(model, root, machine, mode=mode, seed=seed)
     else:
         config = dataclasses.replace(config, seed=int(seed))
     info = read_run_info(directory) if has_detector(directory) else None
