@@ -4,8 +4,11 @@ Every chapter of the book and ``asdflow demo`` start by calling
 :func:`detect_mode`. It answers one question, *what can this machine do?*:
 
 - **full**: a CUDA GPU is present and quick mode was not asked for. Chapters
-  use the real DCASE 2024 Task 2 development set (downloaded on first use into
-  :func:`data_dir`), the ImageNet WideResNet-50-2 encoder and full training.
+  use the real DCASE 2024 Task 2 development set of :func:`book_machines`
+  (downloaded on first use into :func:`data_dir`) and the ImageNet
+  WideResNet-50-2 encoder, trained for :data:`BOOK_EPOCHS`: a budget that
+  keeps each chapter within about 20 minutes on a free Colab GPU
+  (:mod:`asdflow.budget`). ``asdflow reproduce`` runs the report's settings.
 - **quick**: ``ASDFLOW_QUICK=1`` is set, or there is no GPU, or the real data
   cannot be had. Chapters use the synthetic factory of :mod:`asdflow.synth`,
   short clips, a small random-weight ResNet-18 encoder and a few epochs, so
@@ -14,12 +17,15 @@ Every chapter of the book and ``asdflow demo`` start by calling
 
 Results of either mode are cached in :func:`cache_dir` so that one chapter
 reuses what an earlier one computed (features, trained detectors).
+In Colab, :func:`keep_on_drive` puts that cache on Google Drive, where the
+chapters' separate sessions all find it.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,6 +169,58 @@ def _quick(reason: str) -> Mode:
 
     torch.set_num_threads(1)
     return Mode("quick", reason, "cpu")
+
+
+DRIVE_MOUNT = "/content/drive"
+DRIVE_FOLDER = "/content/drive/MyDrive/asdflow"
+"""Where :func:`keep_on_drive` keeps asdflow's files on Google Drive by default."""
+
+
+def keep_on_drive(
+    folder: str | os.PathLike[str] = DRIVE_FOLDER,
+    *,
+    data: bool = False,
+    mount: Callable[[], object] | None = None,
+) -> dict[str, str]:
+    """In Google Colab: mount Google Drive and keep asdflow's cache (and optionally the data) there.
+
+    Each Colab notebook runs on a machine of its own, which forgets everything
+    when the session ends. With the cache on Drive, the feature images and the
+    trained detectors of one chapter serve the next chapters and survive a
+    disconnect (an interrupted CFlow training resumes from its checkpoint).
+    The DCASE clips stay on the session's own disk by default: downloading
+    them again takes about a minute, while reading a thousand files from Drive
+    is slower than that.
+
+    Parameters
+    ----------
+    folder : path
+        Folder on the mounted Drive; ``cache/`` (and ``data/``) go under it.
+    data : bool
+        Keep the DCASE data on Drive too (``ASDFLOW_DATA``).
+    mount : callable or None
+        Mounts the Drive (None: ``google.colab.drive.mount`` at :data:`DRIVE_MOUNT`).
+
+    Returns
+    -------
+    dict
+        The environment variables set (``ASDFLOW_CACHE``, and ``ASDFLOW_DATA`` with ``data``).
+    """
+    if mount is None:
+        # deferred: exists in Colab only
+        from google.colab import drive  # type: ignore[import-not-found]
+
+        def mount() -> None:
+            drive.mount(DRIVE_MOUNT)
+
+    mount()
+    folders = {CACHE_ENV: Path(folder) / "cache"}
+    if data:
+        folders[DATA_ENV] = Path(folder) / "data"
+    for name, path in folders.items():
+        path.mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(path)
+    return {name: str(path) for name, path in folders.items()}
 
 
 def quick_fallback(reason: str) -> Mode:

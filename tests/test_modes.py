@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,18 @@ def test_machines_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv(modes.MACHINES_ENV, "bearing,toaster")
     with pytest.raises(ParameterError, match="toaster.*choose from"):
         modes.book_machines()
+
+
+def test_keep_on_drive_moves_the_cache_and_optionally_the_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.delenv(modes.CACHE_ENV, raising=False)
+    monkeypatch.delenv(modes.DATA_ENV, raising=False)
+    mounted = []
+    folders = modes.keep_on_drive(tmp_path / "drive", mount=lambda: mounted.append(True))
+    assert mounted == [True]
+    assert folders == {modes.CACHE_ENV: str(tmp_path / "drive" / "cache")}
+    assert modes.cache_dir() == tmp_path / "drive" / "cache"
+    assert modes.DATA_ENV not in os.environ
+    modes.keep_on_drive(tmp_path / "drive", data=True, mount=lambda: None)
+    assert modes.data_dir() == tmp_path / "drive" / "data" and modes.data_dir().is_dir()
