@@ -73,3 +73,26 @@ def test_first_cell_installs_from_configured_repository(md: Path):
         f"{md.name}: install cell names {urls}, _config.yml names {_repository_url()}; "
         "run `make pair` after changing repository.url"
     )
+    # An unreachable repository ends in one sentence that says what to change, not pip's traceback.
+    source = first_code.source
+    assert "capture_output=True" in source and "check=True" not in source, (
+        f"{md.name}: the install cell must catch pip's failure itself"
+    )
+    assert "raise SystemExit(" in source, f"{md.name}: the install cell must stop with SystemExit"
+    for words in (
+        "Could not install {source}",
+        "edit its URL",
+        "in this cell",
+        "repository.url in _config.yml",
+    ):
+        assert words in source, f"{md.name}: the install cell's failure message lacks {words!r}"
+
+
+def test_install_cells_are_identical():
+    cells = {
+        md.name: next(cell for cell in jupytext.read(md).cells if cell.cell_type == "code").source
+        for md in CHAPTERS
+    }
+    first = cells[CHAPTERS[0].name]
+    differ = sorted(name for name, source in cells.items() if source != first)
+    assert not differ, f"install cells of {differ} differ from {CHAPTERS[0].name}'s"
