@@ -126,3 +126,11 @@ def test_keep_on_drive_moves_the_cache_and_optionally_the_data(
     assert modes.DATA_ENV not in os.environ
     modes.keep_on_drive(tmp_path / "drive", data=True, mount=lambda: None)
     assert modes.data_dir() == tmp_path / "drive" / "data" and modes.data_dir().is_dir()
+
+
+def test_quick_mode_keeps_the_named_synthetic_machines(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(modes.QUICK_ENV, "1")
+    monkeypatch.setenv(modes.MACHINES_ENV, "fan")
+    assert modes.detect_mode().machines == ("fan",)
+    monkeypatch.setenv(modes.MACHINES_ENV, "gearbox,slider")
+    assert modes.detect_mode().machines == modes.QUICK_MACHINES
