@@ -96,3 +96,15 @@ def test_install_cells_are_identical():
     first = cells[CHAPTERS[0].name]
     differ = sorted(name for name, source in cells.items() if source != first)
     assert not differ, f"install cells of {differ} differ from {CHAPTERS[0].name}'s"
+
+
+def test_every_chapter_keeps_its_cache_on_drive_before_choosing_its_mode():
+    drive_cells = {}
+    for md in CHAPTERS:
+        code = [cell.source for cell in jupytext.read(md).cells if cell.cell_type == "code"]
+        drive = [i for i, source in enumerate(code) if "keep_on_drive()" in source]
+        mode = next(i for i, source in enumerate(code) if "detect_mode()" in source)
+        assert len(drive) == 1, f"{md.name}: one Drive cell (asdflow.modes.keep_on_drive) is needed"
+        assert 0 < drive[0] < mode, f"{md.name}: the Drive cell must come before the mode cell"
+        drive_cells[md.name] = code[drive[0]]
+    assert len(set(drive_cells.values())) == 1, "the Drive cells of the chapters differ"
