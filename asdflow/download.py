@@ -18,21 +18,26 @@ baseline's download scripts simply run ``unzip`` inside ``raw/``. This module
 does not rely on that: it finds the folder that holds ``train/`` and ``test/``
 inside the zip and moves its content to ``raw/<machine>/``.
 
-No checksums are published for these zips, so a download is checked by what it
-holds. A run locks ``<DEST>/<dev_data|eval_data>`` (a second download into the
-same folder fails at once with :class:`~asdflow.errors.BusyError`), then goes
-through these steps for each machine; a failure at any of them leaves nothing
-that looks complete and deletes no file the download did not write:
+Zenodo publishes the size and the MD5 of every file in the metadata of its
+record (:func:`record_url`, read by :func:`record_files`); a download is checked
+against them and, in any case, by what it holds. A run locks
+``<DEST>/<dev_data|eval_data>`` (a second download into the same folder fails
+at once with :class:`~asdflow.errors.BusyError`), then goes through these steps
+for each machine; a failure at any of them leaves nothing that looks complete
+and deletes no file the download did not write:
 
 1. skip the machine when its marker file (``raw/<machine>/.asdflow-<set>.json``,
    written last) is present and every ``.wav`` file it lists is still on disk;
-2. download the zip to ``<DEST>/<dev_data|eval_data>/zips/<zip>.part`` (with a
-   progress bar and bounded retries on network errors), then check it: a
-   readable zip, every member's CRC (:meth:`zipfile.ZipFile.testzip`), no
-   member escaping the destination, no member name given twice, the expected
-   folder layout and ``.wav`` counts (:data:`EXPECTED_COUNTS`); only then is it
-   renamed to ``<zip>``. A zip failing a check is deleted, so the next run
-   downloads it again;
+2. read the record's metadata (once per run, only when a zip is needed; when
+   it cannot be read, a warning says so and the zips are checked by their
+   content only), then download the zip to
+   ``<DEST>/<dev_data|eval_data>/zips/<zip>.part`` (with its size on the status
+   line, a progress bar and bounded retries on network errors), then check it:
+   the published size and MD5, a readable zip, every member's CRC
+   (:meth:`zipfile.ZipFile.testzip`), no member escaping the destination, no
+   member name given twice, the expected folder layout and ``.wav`` counts
+   (:data:`EXPECTED_COUNTS`); only then is it renamed to ``<zip>``. A zip
+   failing a check is deleted, so the next run downloads it again;
 3. unpack into a temporary folder next to the zip and check the unpacked
    files; then move them into ``raw/<machine>/`` one by one, replacing only
    the files of the same name. Other files in the machine folder (notes,
@@ -41,14 +46,18 @@ that looks complete and deletes no file the download did not write:
    moving anything and names it. The marker, listing the unpacked ``.wav``
    files, is written last;
 4. delete the zip, unless ``keep_zip=True``: a kept zip is reused (checked
-   again, not downloaded) when the machine folder has to be rebuilt.
+   again, MD5 included when the metadata can be read, not downloaded) when the
+   machine folder has to be rebuilt; one failing a check is downloaded anew.
 
 The base URL can point elsewhere (a mirror, a local test server): pass
 ``base_url`` or set the environment variable ``ASDFLOW_ZENODO_URL``; a file's
-URL is ``<base>/<record>/files/<zip>``.
+URL is ``<base>/<record>/files/<zip>``. The record's metadata is read from
+``<site>/api/records/<record>``, where ``<site>`` is the base without a final
+``/records`` (``https://zenodo.org`` for the default base).
 
 If the network is in the way, download the zips by hand from
-``https://zenodo.org/records/<record>`` and unzip each inside
+``https://zenodo.org/records/<record>`` (the page lists each file's MD5, to
+compare with ``md5sum``) and unzip each inside
 ``<DEST>/dev_data/raw/`` (or ``eval_data/raw/``): the rest of asdflow reads the
 layout, not the marker files.
 """
@@ -56,6 +65,7 @@ layout, not the marker files.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import shutil
@@ -63,6 +73,7 @@ import stat
 import sys
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -164,6 +175,25 @@ class ZipContents:
     counts: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class RecordFile:
+    """One file as a Zenodo record's metadata describes it (see :func:`record_files`).
+
+    Attributes
+    ----------
+    name : str
+        File name, e.g. ``"dev_fan.zip"``.
+    size : int or None
+        Size in bytes; None when the metadata does not give it.
+    md5 : str or None
+        MD5 as 32 lower-case hex digits; None when the metadata gives no MD5.
+    """
+
+    name: str
+    size: int | None = None
+    md5: str | None = None
+
+
 def zip_name(dataset: str, machine: str) -> str:
     """File name of one machine's zip in a set.
 
@@ -215,8 +245,140 @@ def zip_url(dataset: str, machine: str, base_url: str | None = None) -> str:
     'https://zenodo.org/records/11259435/files/eval_data_RoboticArm_train_r2.zip'
     """
     name = zip_name(dataset, machine)
-    base = base_url or os.environ.get(URL_ENV) or ZENODO_URL
-    return f"{base.rstrip('/')}/{RECORDS[dataset]}/files/{name}"
+    return f"{_base(base_url)}/{RECORDS[dataset]}/files/{name}"
+
+
+def record_url(dataset: str, base_url: str | None = None) -> str:
+    """URL of the metadata (JSON) of a set's Zenodo record.
+
+    Zenodo serves a record's files at ``<site>/records/<record>/files/<zip>``
+    and its metadata at ``<site>/api/records/<record>``. The base URL of
+    :func:`zip_url` is ``<site>/records``; a base that does not end with
+    ``/records`` (a mirror, a test server) is taken as the site itself.
+
+    Parameters
+    ----------
+    dataset : {"dev", "add", "eval"}
+    base_url : str, optional
+        As for :func:`zip_url`.
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> record_url("dev", "https://zenodo.org/records")
+    'https://zenodo.org/api/records/10902294'
+    >>> record_url("eval", "http://mirror/x")
+    'http://mirror/x/api/records/11363076'
+    """
+    _check_dataset(dataset)
+    base = _base(base_url)
+    site = base.removesuffix("/records")
+    return f"{site}/api/records/{RECORDS[dataset]}"
+
+
+def record_files(
+    dataset: str,
+    base_url: str | None = None,
+    *,
+    retries: int = RETRIES,
+    timeout: float = TIMEOUT_S,
+) -> dict[str, RecordFile]:
+    """Size and MD5 of every file of a set's Zenodo record, read from its metadata.
+
+    Parameters
+    ----------
+    dataset : {"dev", "add", "eval"}
+    base_url : str, optional
+        As for :func:`zip_url`; the metadata URL is :func:`record_url`.
+    retries : int
+        Further attempts after a server error (HTTP 5xx, 429) or a timeout;
+        other failures (no connection, HTTP 404...) are final at once.
+    timeout : float
+        Seconds without an answer before an attempt fails.
+
+    Returns
+    -------
+    dict of str to RecordFile
+        By file name. Entries of the metadata's ``files`` list give the name as
+        ``key`` (or ``filename``), the size as ``size`` (or ``filesize``) and
+        the checksum as ``"md5:<hex>"`` (or bare hex); other checksums are
+        ignored.
+
+    Raises
+    ------
+    DownloadError
+        When the metadata cannot be fetched or is not a record's metadata,
+        naming the URL and the reason.
+    """
+    _check_retries(retries)
+    url = record_url(dataset, base_url)
+    reason = "no attempt made"
+    for attempt in range(retries + 1):
+        try:
+            response = requests.get(url, headers=_headers(), timeout=timeout)
+            response.raise_for_status()
+        except requests.HTTPError as err:
+            status = err.response.status_code if err.response is not None else 0
+            reason = f"HTTP {status}"
+            if status < 500 and status != 429:
+                break
+        except requests.Timeout as err:
+            reason = type(err).__name__
+        except requests.RequestException as err:
+            reason = type(err).__name__
+            break
+        else:
+            try:
+                return _parse_record(response.json())
+            except (ValueError, TypeError, AttributeError, KeyError) as err:
+                reason = f"not the metadata of a record ({type(err).__name__}: {err})"
+                break
+        if attempt < retries:
+            time.sleep(RETRY_WAIT_S * 2**attempt)
+    raise DownloadError(f"could not read {url} ({reason})")
+
+
+def file_md5(path: str | os.PathLike[str]) -> str:
+    """MD5 of a file's bytes, as 32 lower-case hex digits (read in chunks)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_published(path: str | os.PathLike[str], published: RecordFile) -> None:
+    """Check a file's size and MD5 against what its Zenodo record publishes.
+
+    Parameters
+    ----------
+    path : path
+        The downloaded (or kept) file.
+    published : RecordFile
+        From :func:`record_files`; a size or MD5 of None is not checked.
+
+    Raises
+    ------
+    DownloadError
+        Naming the file, the published and the actual size or MD5.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if published.size is not None and size != published.size:
+        raise DownloadError(
+            f"{path} is {size} bytes, but Zenodo publishes {published.size} bytes for "
+            f"{published.name}: the file is incomplete or not the published one."
+        )
+    if published.md5 is not None:
+        actual = file_md5(path)
+        if actual != published.md5:
+            raise DownloadError(
+                f"{path} has MD5 {actual}, but Zenodo publishes MD5 {published.md5} for "
+                f"{published.name}: the file is corrupt or not the published one."
+            )
 
 
 def machine_dir(dest: str | os.PathLike[str], dataset: str, machine: str) -> Path:
@@ -403,6 +565,7 @@ def fetch(
     progress: bool = True,
     retries: int = RETRIES,
     timeout: float = TIMEOUT_S,
+    size: int | None = None,
 ) -> Path:
     """Download one URL to a file, retrying network errors a bounded number of times.
 
@@ -423,6 +586,9 @@ def fetch(
         HTTP errors (404...) fail at once.
     timeout : float
         Seconds without an answer before an attempt fails.
+    size : int, optional
+        Expected size in bytes, shown on the status line before the download
+        (it is not checked here).
 
     Returns
     -------
@@ -439,13 +605,12 @@ def fetch(
     path.parent.mkdir(parents=True, exist_ok=True)
     reason = "no attempt made"
     attempts = retries + 1
-    # requests' default User-Agent is rate-limited by Zenodo (pooch issue 502)
-    headers = {"User-Agent": f"asdflow (pooch {pooch.__version__})"}
     downloader = pooch.HTTPDownloader(
-        progressbar=progress, chunk_size=_CHUNK_BYTES, timeout=timeout, headers=headers
+        progressbar=progress, chunk_size=_CHUNK_BYTES, timeout=timeout, headers=_headers()
     )
+    shown = f"downloading {url}" + ("" if size is None else f" ({_human_size(size)})")
     for attempt in range(attempts):
-        _say(f"downloading {url}", progress)
+        _say(shown, progress)
         try:
             downloader(url, str(path), None)
             return path
@@ -485,8 +650,12 @@ def download(
     """Download, check and unpack DCASE 2024 Task 2 zips into the DCASE layout.
 
     Machines already unpacked and checked by an earlier run are skipped
-    without any network access. Files in a machine folder that the zip does
-    not bring are left in place. See the module docstring for the steps.
+    without any network access. When a zip is needed, the set's Zenodo record
+    is read once (:func:`record_files`) and every zip, downloaded or kept, is
+    checked against the size and MD5 it publishes; when the record cannot be
+    read, a :class:`UserWarning` says so and the zips are checked by their
+    content only. Files in a machine folder that the zip does not bring are
+    left in place. See the module docstring for the steps.
 
     Parameters
     ----------
@@ -498,7 +667,7 @@ def download(
     machines : str or iterable of str, optional
         Machine types to fetch (see :data:`MACHINES`); default: all of the set.
     base_url : str, optional
-        Replaces the Zenodo base URL (see :func:`zip_url`).
+        Replaces the Zenodo base URL (see :func:`zip_url` and :func:`record_url`).
     keep_zip : bool
         Keep each checked zip in ``<dest>/<dev_data|eval_data>/zips/``
         (about as large as the unpacked data) instead of deleting it.
@@ -518,7 +687,8 @@ def download(
     ------
     DownloadError
         Unknown set or machine type (the message lists the valid ones), a
-        network failure (naming the URL), a zip failing a check, or a file in
+        network failure (naming the URL), a zip failing a check (a size or MD5
+        other than the published one: the message gives both), or a file in
         the machine folder that is in the way of the zip's files (nothing is
         moved then). Machines finished before the failure stay finished.
     ParameterError
@@ -538,19 +708,63 @@ def download(
     )
     _check_retries(retries)
     data_folder = writable_folder(Path(dest) / DATA_FOLDERS[dataset], "data folder")
+    checksums = _RecordChecksums(dataset, base_url, retries)
     with folder_lock(data_folder, "data folder"):
         _remove_staging_leftovers(data_folder / "zips")
         return [
             _install_machine(
                 Path(dest), dataset, machine,
-                base_url=base_url, expected=expected, keep_zip=keep_zip,
-                progress=progress, retries=retries,
+                base_url=base_url, checksums=checksums, expected=expected,
+                keep_zip=keep_zip, progress=progress, retries=retries,
             )
             for machine in wanted
         ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _base(base_url: str | None) -> str:
+    """The base URL in use (argument, environment variable, default), without a final ``/``."""
+    return (base_url or os.environ.get(URL_ENV) or ZENODO_URL).rstrip("/")
+
+
+def _headers() -> dict[str, str]:
+    # requests' default User-Agent is rate-limited by Zenodo (pooch issue 502)
+    return {"User-Agent": f"asdflow (pooch {pooch.__version__})"}
+
+
+def _human_size(n_bytes: int) -> str:
+    """``n_bytes`` in kB, MB or GB (powers of 1000), e.g. ``"1.23 GB"``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.2f} {unit}"
+    return f"{n_bytes} B"
+
+
+def _parse_record(metadata: object) -> dict[str, RecordFile]:
+    """The files of a record's metadata (see :func:`record_files`), by name."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("files"), list):
+        raise ValueError("no list of files")
+    files = {}
+    for entry in metadata["files"]:
+        name = entry.get("key", entry.get("filename"))
+        if not isinstance(name, str):
+            raise ValueError(f"a file without a name: {entry!r}")
+        size = entry.get("size", entry.get("filesize"))
+        algorithm, _, digest = str(entry.get("checksum", "")).rpartition(":")
+        digest = digest.lower()
+        md5 = digest if algorithm in ("", "md5") and _is_md5(digest) else None
+        files[name] = RecordFile(
+            name=name,
+            size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+            md5=md5,
+        )
+    return files
+
+
+def _is_md5(text: str) -> bool:
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _check_dataset(dataset: str) -> None:
@@ -743,23 +957,62 @@ def _by_hand_hint(dataset: str, machine: str, expected: Mapping[str, int | None]
     )
 
 
+class _RecordChecksums:
+    """The published files of one set's record, read on first use; a warning when unreadable."""
+
+    def __init__(self, dataset: str, base_url: str | None, retries: int) -> None:
+        self.dataset = dataset
+        self.base_url = base_url
+        self.retries = retries
+        self.files: dict[str, RecordFile] | None = None
+        self.failed = False
+
+    def get(self, name: str) -> RecordFile | None:
+        """What the record publishes about ``name``, or None (with a warning) when unknown."""
+        if self.files is None and not self.failed:
+            try:
+                self.files = record_files(self.dataset, self.base_url, retries=self.retries)
+            except DownloadError as err:
+                self.failed = True
+                warnings.warn(
+                    f"{err}; the sizes and MD5s that Zenodo publishes are not checked, the "
+                    "zips are checked by their content only.",
+                    stacklevel=2,
+                )
+        if self.files is None:
+            return None
+        published = self.files.get(name)
+        if published is None or published.md5 is None:
+            gap = "lists no file" if published is None else "gives no MD5 for"
+            warnings.warn(
+                f"Zenodo record {RECORDS[self.dataset]} {gap} {name}; it is checked by its "
+                "content only.",
+                stacklevel=2,
+            )
+        return published
+
+
 def _obtain_zip(
     zip_path: Path,
     url: str,
     dataset: str,
     machine: str,
     *,
+    published: RecordFile | None,
     expected: Mapping[str, int | None],
     progress: bool,
     retries: int,
 ) -> ZipContents:
-    """Reuse a kept zip that passes :func:`verify_zip`, or download and check a new one.
+    """Reuse a kept zip that passes the checks, or download and check a new one.
 
-    A zip failing a check is deleted (it was written by an earlier run or by
-    this one), so that it is never taken as valid.
+    The checks are :func:`check_published` (when ``published`` is given) and
+    :func:`verify_zip`. A zip failing a check is deleted (it was written by an
+    earlier run or by this one), so that it is never taken as valid.
     """
     if zip_path.is_file():
         try:
+            if published is not None:
+                check_published(zip_path, published)
             contents = verify_zip(zip_path, machine=machine, expected=expected)
             _say(f"{machine}: reusing {zip_path}", progress)
             return contents
@@ -767,11 +1020,14 @@ def _obtain_zip(
             _say(f"{machine}: {err} Downloading it again.", progress)
             zip_path.unlink()
     part = zip_path.with_name(zip_path.name + ".part")
+    size = published.size if published is not None else None
     try:
-        fetch(url, part, progress=progress, retries=retries)
+        fetch(url, part, progress=progress, retries=retries, size=size)
     except DownloadError as err:
         raise DownloadError(str(err) + _by_hand_hint(dataset, machine, expected)) from err
     try:
+        if published is not None:
+            check_published(part, published)
         contents = verify_zip(part, machine=machine, expected=expected)
     except DownloadError as err:
         part.unlink(missing_ok=True)
@@ -788,6 +1044,7 @@ def _install_machine(
     machine: str,
     *,
     base_url: str | None,
+    checksums: _RecordChecksums,
     expected: Mapping[str, int | None],
     keep_zip: bool,
     progress: bool,
@@ -803,9 +1060,11 @@ def _install_machine(
     url = zip_url(dataset, machine, base_url)
     zips = dest / DATA_FOLDERS[dataset] / "zips"
     zip_path = zips / name
+    published = checksums.get(name)
     contents = _obtain_zip(
-        zip_path, url, dataset, machine, expected=expected, progress=progress, retries=retries
-    )
+        zip_path, url, dataset, machine,
+        published=published, expected=expected, progress=progress, retries=retries,
+    )  # fmt: skip
 
     staging = Path(tempfile.mkdtemp(prefix=f".{machine}-", suffix=_STAGING_SUFFIX, dir=zips))
     try:
@@ -853,6 +1112,7 @@ def _install_machine(
             "machine": machine,
             "zip": name,
             "url": url,
+            "md5": published.md5 if published is not None else None,
             "counts": counts,
             "files": names,
             "unpacked": datetime.now(timezone.utc).isoformat(timespec="seconds"),

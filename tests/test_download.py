@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+import shutil
 import stat
 import threading
 import time
+import warnings
 import wave
 import zipfile
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -73,27 +76,64 @@ class Server(SimpleNamespace):
         target = self.root / dl.RECORDS[dataset] / "files" / dl.zip_name(dataset, machine)
         return make_zip(target, dataset, machine, **kwargs)
 
+    def zip_requests(self) -> list[str]:
+        """The requests for files, without those for the records' metadata."""
+        return [path for path in self.requests if not path.startswith("/api/")]
+
+    def record(self, record: str) -> dict:
+        """Metadata of a record as Zenodo's API gives it: name, size and MD5 of each served file.
+
+        ``self.changes`` (file name to fields) replaces fields of an entry.
+        """
+        folder = self.root / record / "files"
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        entries = [
+            {
+                "key": path.name,
+                "size": path.stat().st_size,
+                "checksum": "md5:" + hashlib.md5(path.read_bytes()).hexdigest(),
+                "links": {"self": f"{self.url}/api/records/{record}/files/{path.name}/content"},
+                **self.changes.get(path.name, {}),
+            }
+            for path in files
+        ]
+        return {"id": int(record), "files": entries}
+
 
 @pytest.fixture
 def server(tmp_path):
-    """A local HTTP server over ``tmp_path/zenodo``, counting the requests it gets."""
+    """A local HTTP server over ``tmp_path/zenodo`` and its records' metadata, counting requests.
+
+    ``server.api = False`` makes the metadata URLs answer 404, as on a mirror without the API.
+    """
     root = tmp_path / "zenodo"
     root.mkdir()
-    seen: list[str] = []
-    agents: list[str] = []
+    state = Server(root=root, requests=[], agents=[], api=True, changes={})
 
     class Handler(SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(root), **kwargs)
 
         def do_GET(self):
-            seen.append(self.path)
-            agents.append(self.headers.get("User-Agent", ""))
+            state.requests.append(self.path)
+            state.agents.append(self.headers.get("User-Agent", ""))
             if self.path.startswith("/cut/"):  # promises 100 kB, sends 100 B
                 self.send_response(200)
                 self.send_header("Content-Length", "100000")
                 self.end_headers()
                 self.wfile.write(b"x" * 100)
+                return
+            api = re.fullmatch(r"/api/records/(\d+)", self.path)
+            if api and state.api:
+                body = json.dumps(state.record(api.group(1))).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if api:
+                self.send_error(404)
                 return
             super().do_GET()
 
@@ -103,10 +143,9 @@ def server(tmp_path):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
+    state.url = f"http://127.0.0.1:{httpd.server_port}"
     try:
-        yield Server(
-            url=f"http://127.0.0.1:{httpd.server_port}", root=root, requests=seen, agents=agents
-        )
+        yield state
     finally:
         httpd.shutdown()
         httpd.server_close()
@@ -209,13 +248,17 @@ def test_download_unpacks_into_layout(tmp_path, server):
         marker = json.loads((folder / ".asdflow-dev.json").read_text())
         assert marker["counts"] == {"train": 4, "test": 3}
         assert marker["url"] == dl.zip_url("dev", folder.name, server.url)
+        published = server.root / "10902294/files" / f"dev_{folder.name}.zip"
+        assert marker["md5"] == hashlib.md5(published.read_bytes()).hexdigest()
     # the zips are deleted and no temporary file or folder is left
     assert list((dest / "dev_data/zips").iterdir()) == []
     assert sorted(p.name for p in (dest / "dev_data/raw").iterdir()) == ["ToyCar", "fan"]
     assert all(agent.startswith("asdflow") for agent in server.agents)
+    # the record's metadata is read once for both zips
     assert sorted(server.requests) == [
         "/10902294/files/dev_ToyCar.zip",
         "/10902294/files/dev_fan.zip",
+        "/api/records/10902294",
     ]
 
 
@@ -230,7 +273,7 @@ def test_second_run_skips_without_network(tmp_path, server):
     second = dl.download(tmp_path, **kwargs)
     elapsed = time.perf_counter() - start
     assert second == first
-    assert len(server.requests) == n_requests == 1
+    assert len(server.requests) == n_requests == 2  # metadata and zip, in the first run only
     assert elapsed < 1.0
     assert {p: p.stat().st_mtime_ns for p in first[0].rglob("*")} == stamps
 
@@ -244,7 +287,7 @@ def test_missing_clip_triggers_a_fresh_download(tmp_path, server):
     victim.unlink()
     (folder / "test" / "notes.txt").write_text("not from the zip")
     dl.download(tmp_path, **kwargs)
-    assert len(server.requests) == 2
+    assert len(server.zip_requests()) == 2
     assert victim.read_bytes() == wav_bytes()
     # the zip's files are back, the user's file is left alone
     assert sorted(p.name for p in (folder / "test").iterdir()) == [
@@ -265,7 +308,7 @@ def test_keep_zip_is_reused_offline(tmp_path, server):
         path.unlink() if path.is_file() else path.rmdir()
     folder.rmdir()
     dl.download(tmp_path, **kwargs)
-    assert len(server.requests) == 1  # rebuilt from the kept zip
+    assert len(server.zip_requests()) == 1  # rebuilt from the kept zip
     assert len(list((folder / "train").glob("*.wav"))) == 4
 
 
@@ -276,7 +319,7 @@ def test_add_and_eval_share_the_machine_folder(tmp_path, server):
     dl.download(tmp_path, dataset="add", expected_counts=COUNTS["add"], **common)
     (folder,) = dl.download(tmp_path, dataset="eval", expected_counts=COUNTS["eval"], **common)
     assert folder == tmp_path / "eval_data/raw/3DPrinter"
-    assert server.requests == [
+    assert server.zip_requests() == [
         "/11259435/files/eval_data_3DPrinter_train_r2.zip",
         "/11363076/files/eval_data_3DPrinter_test.zip",
     ]
@@ -285,7 +328,7 @@ def test_add_and_eval_share_the_machine_folder(tmp_path, server):
     assert (folder / ".asdflow-add.json").is_file() and (folder / ".asdflow-eval.json").is_file()
     # unpacking the test zip did not invalidate the training set
     dl.download(tmp_path, dataset="add", expected_counts=COUNTS["add"], **common)
-    assert len(server.requests) == 2
+    assert len(server.requests) == 4  # two zips and the metadata of their two records
 
 
 @pytest.mark.parametrize("prefix", ["", "dev_data/raw/gearbox"])
@@ -478,16 +521,137 @@ def test_verify_zip_rejects_bad_layouts(tmp_path, layout, message):
         dl.verify_zip(zip_path, machine="fan", expected={"train": None, "test": None})
 
 
+# ------------------------------------------------------------------ published size and MD5
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_record_url_follows_the_zenodo_layout(monkeypatch):
+    assert dl.record_url("dev") == "https://zenodo.org/api/records/10902294"
+    assert dl.record_url("add", "https://zenodo.org/records/") == (
+        "https://zenodo.org/api/records/11259435"
+    )
+    assert dl.record_url("eval", "http://mirror/x") == "http://mirror/x/api/records/11363076"
+    monkeypatch.setenv(dl.URL_ENV, "http://env-mirror/records")
+    assert dl.record_url("dev") == "http://env-mirror/api/records/10902294"
+
+
+def test_record_files_reads_sizes_and_md5s(server):
+    zip_path = server.publish("eval", "Scanner")
+    files = dl.record_files("eval", server.url)
+    assert files == {
+        zip_path.name: dl.RecordFile(zip_path.name, zip_path.stat().st_size, md5_of(zip_path))
+    }
+    assert dl.file_md5(zip_path) == md5_of(zip_path)
+
+
+def test_record_metadata_in_the_other_zenodo_form():
+    """Zenodo's API has also named the fields filename and filesize, with a bare MD5."""
+    digest = "0123456789ABCDEF0123456789abcdef"
+    files = dl._parse_record(
+        {
+            "files": [
+                {"filename": "a.zip", "filesize": 12, "checksum": digest},
+                {"key": "b.zip", "size": 3, "checksum": "sha256:" + "0" * 64},
+            ]
+        }
+    )
+    assert files == {
+        "a.zip": dl.RecordFile("a.zip", 12, digest.lower()),
+        "b.zip": dl.RecordFile("b.zip", 3, None),
+    }
+    with pytest.raises(ValueError, match="no list of files"):
+        dl._parse_record({"hits": []})
+
+
+def test_published_md5_is_checked_without_warning(tmp_path, server):
+    zip_path = server.publish("eval", "Scanner")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (folder,) = dl.download(tmp_path, dataset="eval", machines="Scanner", base_url=server.url,
+                                progress=False, expected_counts=COUNTS["eval"])  # fmt: skip
+    assert json.loads((folder / ".asdflow-eval.json").read_text())["md5"] == md5_of(zip_path)
+    assert server.requests[0] == "/api/records/11363076"
+
+
+@pytest.mark.parametrize(
+    ("field", "message"),
+    [
+        ("checksum", "has MD5 {actual}, but Zenodo publishes MD5 {wrong} for dev_fan.zip"),
+        ("size", "is {size} bytes, but Zenodo publishes {wrong} bytes for dev_fan.zip"),
+    ],
+)
+def test_a_zip_differing_from_the_published_one_is_deleted(tmp_path, server, field, message):
+    zip_path = server.publish("dev", "fan")
+    size, actual = zip_path.stat().st_size, md5_of(zip_path)
+    wrong = {"checksum": "f" * 32, "size": size + 1}[field]
+    server.changes["dev_fan.zip"] = {field: f"md5:{wrong}" if field == "checksum" else wrong}
+    with pytest.raises(DownloadError) as info:
+        dl.download(tmp_path, machines=["fan"], base_url=server.url, progress=False,
+                    expected_counts=COUNTS["dev"])  # fmt: skip
+    text = str(info.value)
+    assert message.format(actual=actual, wrong=wrong, size=size) in text
+    assert "the file was deleted, run again to download it anew" in text
+    assert_nothing_left(tmp_path, "dev", "fan")
+
+
+def test_without_metadata_a_warning_and_the_content_checks(tmp_path, server):
+    server.api = False
+    for machine in ("fan", "valve"):
+        server.publish("dev", machine)
+    corrupt_flip(server.publish("dev", "slider"))
+    kwargs = dict(base_url=server.url, progress=False, expected_counts=COUNTS["dev"])
+    with pytest.warns(UserWarning) as caught:
+        folders = dl.download(tmp_path, machines=["fan", "valve"], **kwargs)
+    assert [str(w.message) for w in caught] == [
+        f"could not read {server.url}/api/records/10902294 (HTTP 404); the sizes and MD5s "
+        "that Zenodo publishes are not checked, the zips are checked by their content only."
+    ]
+    assert [len(list((f / "train").glob("*.wav"))) for f in folders] == [4, 4]
+    assert json.loads((folders[0] / ".asdflow-dev.json").read_text())["md5"] is None
+    with pytest.warns(UserWarning, match="HTTP 404"), pytest.raises(DownloadError, match="CRC"):
+        dl.download(tmp_path, machines=["slider"], **kwargs)
+    assert_nothing_left(tmp_path, "dev", "slider")
+
+
+def test_a_kept_zip_with_a_changed_byte_is_downloaded_anew(tmp_path, server, capsys):
+    zip_path = server.publish("dev", "gearbox")
+    with zipfile.ZipFile(zip_path, "a") as archive:
+        archive.comment = b"published zip"
+    kwargs = dict(dataset="dev", machines=["gearbox"], base_url=server.url,
+                  expected_counts=COUNTS["dev"], keep_zip=True)  # fmt: skip
+    (folder,) = dl.download(tmp_path, progress=False, **kwargs)
+    kept = tmp_path / "dev_data/zips/dev_gearbox.zip"
+    # a byte of the zip's comment: every member still passes its CRC, only the MD5 differs
+    kept.write_bytes(kept.read_bytes().replace(b"published zip", b"Published zip"))
+    dl.verify_zip(kept, machine="gearbox", expected=COUNTS["dev"])
+    changed = md5_of(kept)
+    shutil.rmtree(folder)
+    capsys.readouterr()
+    dl.download(tmp_path, progress=True, **kwargs)
+    err = capsys.readouterr().err
+    assert f"has MD5 {changed}, but Zenodo publishes MD5 {md5_of(zip_path)}" in err
+    assert "Downloading it again" in err
+    assert len(server.zip_requests()) == 2
+    assert md5_of(kept) == md5_of(zip_path)
+    assert len(list((folder / "train").glob("*.wav"))) == 4
+
+
 # ------------------------------------------------------------------ network failures
 
 
 def test_missing_file_names_the_url(tmp_path, server):
-    with pytest.raises(DownloadError, match="HTTP 404") as info:
+    with (
+        pytest.warns(UserWarning, match="record 10902294 lists no file dev_fan.zip"),
+        pytest.raises(DownloadError, match="HTTP 404") as info,
+    ):
         dl.download(tmp_path, machines=["fan"], base_url=server.url, progress=False)
     text = str(info.value)
     assert dl.zip_url("dev", "fan", server.url) in text
     assert "by hand" in text and "zenodo.org/records/10902294" in text
-    assert len(server.requests) == 1  # a 404 is not retried
+    assert len(server.zip_requests()) == 1  # a 404 is not retried
     assert_nothing_left(tmp_path, "dev", "fan")
 
 
@@ -495,7 +659,10 @@ def test_unreachable_server_names_the_url(tmp_path):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
     url = f"http://127.0.0.1:{httpd.server_port}"
     httpd.server_close()  # nothing listens on that port any more
-    with pytest.raises(DownloadError, match="ConnectionError") as info:
+    with (
+        pytest.warns(UserWarning, match=r"api/records/10902294 \(ConnectionError\)"),
+        pytest.raises(DownloadError, match="ConnectionError") as info,
+    ):
         dl.download(tmp_path, machines=["fan"], base_url=url, progress=False, retries=1)
     text = str(info.value)
     assert f"{url}/10902294/files/dev_fan.zip" in text and "after 2 attempt(s)" in text

@@ -100,7 +100,7 @@ def test_download_keeps_files_the_zip_does_not_bring(tmp_path, zenodo, capsys):
     victim.unlink()  # the machine is incomplete: the next run unpacks the zip again
 
     assert run(["download", str(tmp_path), "--machine", "fan"], capsys) == (0, "")
-    assert len(zenodo.requests) == 2
+    assert len(zenodo.zip_requests()) == 2
     assert victim.read_bytes() == wav_bytes()
     assert_still_there(folder, mine)
     marker = json.loads((folder / ".asdflow-dev.json").read_text())
@@ -108,7 +108,7 @@ def test_download_keeps_files_the_zip_does_not_bring(tmp_path, zenodo, capsys):
 
     # the user's extra recording does not make the folder look incomplete
     assert run(["download", str(tmp_path), "--machine", "fan"], capsys) == (0, "")
-    assert len(zenodo.requests) == 2
+    assert len(zenodo.zip_requests()) == 2
     assert_still_there(folder, mine)
 
 
@@ -130,7 +130,7 @@ def test_download_refuses_a_clash_and_moves_nothing(tmp_path, zenodo, capsys):
     (folder / "attributes_00.csv/mine.txt").rename(tmp_path / "mine.txt")
     (folder / "attributes_00.csv").rmdir()
     assert run(["download", str(tmp_path), "--machine", "fan"], capsys) == (0, "")
-    assert len(zenodo.requests) == 1  # the kept zip was used
+    assert len(zenodo.zip_requests()) == 1  # the kept zip was used
     assert len(list((folder / "train").glob("*.wav"))) == 4 + 1
     assert_still_there(folder, mine)
 
@@ -195,10 +195,10 @@ def test_duplicate_member_is_refused_before_the_folder_is_touched(tmp_path, zeno
 
     # a re-run downloads again instead of reusing the bad zip
     assert run(["download", str(tmp_path), "--machine", "fan"], capsys)[0] == 2
-    assert len(zenodo.requests) == 3
+    assert len(zenodo.zip_requests()) == 3
     zenodo.publish("dev", "fan")
     assert run(["download", str(tmp_path), "--machine", "fan"], capsys) == (0, "")
-    assert len(zenodo.requests) == 4 and snapshot(folder).keys() >= before.keys()
+    assert len(zenodo.zip_requests()) == 4 and snapshot(folder).keys() >= before.keys()
 
 
 def test_kept_zip_with_a_duplicate_member_is_downloaded_again(tmp_path, zenodo, capsys):
@@ -208,7 +208,7 @@ def test_kept_zip_with_a_duplicate_member_is_downloaded_again(tmp_path, zenodo, 
         warnings.simplefilter("ignore", UserWarning)
         make_zip(kept, "dev", "fan", extra={"fan/attributes_00.csv": b"twice"})
     assert run(["download", str(tmp_path), "--machine", "fan"], capsys) == (0, "")
-    assert len(zenodo.requests) == 1
+    assert len(zenodo.zip_requests()) == 1
     assert not kept.exists()
 
 
