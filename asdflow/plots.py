@@ -3,6 +3,10 @@
 Every function draws into ``ax`` when given one (so figures compose into
 subplots) and creates a new figure otherwise; ``ax.figure`` is the figure.
 matplotlib is imported when a function is called, not with the module.
+
+The book's chapters call :func:`book_style` once and make every figure
+:data:`WIDTH` inches wide, so that a figure is shown at its own size in the
+page's text column and its labels keep their size in points.
 """
 
 from __future__ import annotations
@@ -20,6 +24,46 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from asdflow.features import FeatureConfig
+
+
+WIDTH = 6.8
+"""Width of the book's figures in inches: at :data:`DPI` it is 680 px, a little
+less than the website's text column (688 px in a 1280 px wide window), so the
+page shows a figure at its own size and never scales its text down."""
+
+DPI = 100
+"""Pixels per inch of the figures as the website stores them (PNG)."""
+
+BOOK_STYLE = {
+    "figure.figsize": (WIDTH, 3.2),
+    "figure.dpi": DPI,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
+    "figure.titlesize": 11,
+}
+"""matplotlib settings of the book: :data:`WIDTH` and :data:`DPI`, and text of
+9-11 pt, i.e. 12-15 px on the page (a point is 1/72 inch)."""
+
+
+def book_style() -> None:
+    """Apply :data:`BOOK_STYLE` to matplotlib (every figure made afterwards).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> book_style()
+    >>> matplotlib.rcParams["figure.figsize"] == [WIDTH, 3.2]
+    True
+    """
+    # deferred: the module imports matplotlib only where it draws
+    import matplotlib
+
+    matplotlib.rcParams.update(BOOK_STYLE)
 
 
 def plot_feature_image(
@@ -79,7 +123,7 @@ def plot_feature_image(
         )
     groups = config.row_groups()
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+        _, ax = plt.subplots(figsize=(WIDTH, 4.5), layout="constrained")
 
     heights = np.ones(config.n_rows)
     for rows in groups.values():
@@ -102,7 +146,7 @@ def plot_feature_image(
     for rows in list(groups.values())[1:]:
         ax.axhline(y_edges[rows.start], color="white", linewidth=0.8)
     ax.set_yticks([(y_edges[rows.start] + y_edges[rows.stop]) / 2 for rows in groups.values()])
-    ax.set_yticklabels(list(groups), fontsize=7)
+    ax.set_yticklabels(list(groups))
     ax.set_ylim(y_edges[-1], 0.0)
     ax.set_xlabel("time (s)")
     if title is not None:
@@ -176,7 +220,7 @@ def plot_anomaly_map(
             f"{amap.shape}; pass the rows the detector kept (CFlowConfig.rows)"
         )
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+        _, ax = plt.subplots(figsize=(WIDTH, 4.5), layout="constrained")
 
     heights = np.concatenate([np.full(size, max(1.0, min_height / size)) for size in sizes])
     y_edges = np.concatenate([[0.0], np.cumsum(heights)])
@@ -190,7 +234,7 @@ def plot_anomaly_map(
     ax.set_yticks(
         [(y_edges[a] + y_edges[b]) / 2 for a, b in zip(starts[:-1], starts[1:], strict=True)]
     )
-    ax.set_yticklabels(names, fontsize=7)
+    ax.set_yticklabels(names)
     ax.set_ylim(y_edges[-1], 0.0)
     ax.set_xlabel("time (s)")
     if title is not None:
