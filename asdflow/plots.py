@@ -11,7 +11,7 @@ page's text column and its labels keep their size in points.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,7 +34,7 @@ page shows a figure at its own size and never scales its text down."""
 DPI = 100
 """Pixels per inch of the figures as the website stores them (PNG)."""
 
-BOOK_STYLE = {
+BOOK_STYLE: dict[str, Any] = {
     "figure.figsize": (WIDTH, 3.2),
     "figure.dpi": DPI,
     "font.size": 10,
