@@ -61,9 +61,9 @@ def book_style() -> None:
     True
     """
     # deferred: the module imports matplotlib only where it draws
-    import matplotlib
+    import matplotlib.style
 
-    matplotlib.rcParams.update(BOOK_STYLE)
+    matplotlib.style.use(BOOK_STYLE)
 
 
 def plot_feature_image(
