@@ -48,3 +48,26 @@ def test_refuses_maps_of_other_rows():
         plot_anomaly_map(np.zeros((158, 10)), rows=("mel",))
     with pytest.raises(ValueError, match="unknown"):
         plot_anomaly_map(np.zeros((128, 10)), rows=("mfcc",))
+
+
+def test_book_style_keeps_the_group_labels_readable_at_page_width():
+    """A default figure of book_style fits the page's column (688 px) and its labels are >= 9 px."""
+    import matplotlib.pyplot as plt
+
+    from asdflow.features import FeatureConfig
+    from asdflow.plots import book_style, plot_feature_image
+
+    with matplotlib.rc_context():
+        book_style()
+        config = FeatureConfig()
+        for ax in (
+            plot_anomaly_map(np.zeros((config.n_rows, 20)), config=config),
+            plot_feature_image(np.ones((config.n_rows, 20)), config=config),
+        ):
+            fig = ax.figure
+            fig.canvas.draw()
+            width_px = fig.get_window_extent().width  # pixels at the figure's dpi
+            assert width_px <= 688
+            for label in ax.get_yticklabels() + ax.get_xticklabels():
+                assert label.get_fontsize() * fig.dpi / 72 >= 9
+            plt.close(fig)
