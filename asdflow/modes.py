@@ -19,7 +19,6 @@ reuses what an earlier one computed (features, trained detectors).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +85,6 @@ def detect_mode() -> Mode:
     -------
     Mode
     """
-    # Text progress bars serve where Jupyter has no widgets (the website build):
-    # silence tqdm's advice to install them.
-    warnings.filterwarnings("ignore", message="IProgress not found")
     if _quick_requested():
         return _quick(f"{QUICK_ENV}=1 is set")
     if not _cuda_available():
