@@ -183,9 +183,11 @@ def check_page(browser, base: str, page: str, mathjax: Path, shots: Path) -> lis
     for number, text in enumerate(outputs, start=1):
         for what, pattern in OUTPUT_LEAKS.items():
             match = pattern.search(text)
-            if match:
-                line = next(s for s in text.splitlines() if match.group(0) in s)
+            if match:  # report the line of the first match, once per output
+                start = text.rfind("\n", 0, match.start()) + 1
+                line = text[start:].split("\n", 1)[0]
                 problems.append(f"cell output {number} shows {what}: {line.strip()[:120]!r}")
+                break
     if final_page.startswith("book/"):
         figures = page_obj.evaluate("document.querySelectorAll('.cell_output img').length")
         if figures == 0:
