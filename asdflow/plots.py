@@ -66,6 +66,27 @@ def book_style() -> None:
     matplotlib.style.use(BOOK_STYLE)
 
 
+def _row_heights(sizes: Sequence[int], ax: Axes, min_height: float) -> np.ndarray:
+    """Display height of every row: groups at least ``min_height`` rows tall, and tall enough
+    for their label (1.2 times the tick label size) in the axes' present height."""
+    # deferred: the module imports matplotlib only where it draws
+    import matplotlib
+
+    sizes_array = np.asarray(sizes, dtype=np.float64)
+    label_pt = 1.2 * matplotlib.font_manager.FontProperties(
+        size=matplotlib.rcParams["ytick.labelsize"]
+    ).get_size_in_points()
+    axes_pt = ax.get_position().height * ax.figure.get_figheight() * 72
+    least = min_height
+    for _ in range(20):  # a few steps settle it: which groups are small depends on `least`
+        total = np.maximum(sizes_array, least).sum()
+        needed = label_pt * total / max(axes_pt, 1.0)
+        if needed <= least or needed > sizes_array.sum():
+            break
+        least = needed
+    return np.concatenate([np.full(size, max(1.0, least / size)) for size in sizes])
+
+
 def plot_feature_image(
     image: np.ndarray,
     *,
@@ -104,7 +125,8 @@ def plot_feature_image(
         ``|image|``: the view of a standardised image.
     min_height : float
         Least display height of a group, in rows of the mel group (whose
-        rows are drawn one unit tall).
+        rows are drawn one unit tall); more where the axes are too short
+        for the groups' labels.
 
     Returns
     -------
@@ -125,10 +147,7 @@ def plot_feature_image(
     if ax is None:
         _, ax = plt.subplots(figsize=(WIDTH, 4.5), layout="constrained")
 
-    heights = np.ones(config.n_rows)
-    for rows in groups.values():
-        size = rows.stop - rows.start
-        heights[rows] = max(1.0, min_height / size)
+    heights = _row_heights([rows.stop - rows.start for rows in groups.values()], ax, min_height)
     y_edges = np.concatenate([[0.0], np.cumsum(heights)])
     t_edges = np.arange(image.shape[1] + 1) * (config.hop_length / config.sr)
     if per_row:
@@ -192,7 +211,8 @@ def plot_anomaly_map(
         Colour range (default: the map's minimum and maximum). Pass the same
         values to maps that should be compared.
     min_height : float
-        Least display height of a group, in rows of the mel group.
+        Least display height of a group, in rows of the mel group; more
+        where the axes are too short for the groups' labels.
     colorbar : bool
         Draw a colour bar beside the axes.
 
@@ -222,7 +242,7 @@ def plot_anomaly_map(
     if ax is None:
         _, ax = plt.subplots(figsize=(WIDTH, 4.5), layout="constrained")
 
-    heights = np.concatenate([np.full(size, max(1.0, min_height / size)) for size in sizes])
+    heights = _row_heights(sizes, ax, min_height)
     y_edges = np.concatenate([[0.0], np.cumsum(heights)])
     starts = np.concatenate([[0], np.cumsum(sizes)])
     t_edges = np.arange(amap.shape[1] + 1) * (config.hop_length / config.sr)
