@@ -73,10 +73,13 @@ def _row_heights(sizes: Sequence[int], ax: Axes, min_height: float) -> np.ndarra
     import matplotlib
 
     sizes_array = np.asarray(sizes, dtype=np.float64)
-    label_pt = 1.2 * matplotlib.font_manager.FontProperties(
-        size=matplotlib.rcParams["ytick.labelsize"]
-    ).get_size_in_points()
-    axes_pt = ax.get_position().height * ax.figure.get_figheight() * 72
+    label_pt = (
+        1.2
+        * matplotlib.font_manager.FontProperties(
+            size=matplotlib.rcParams["ytick.labelsize"]
+        ).get_size_in_points()
+    )
+    axes_pt = ax.get_window_extent().height * 72 / ax.figure.dpi
     least = min_height
     for _ in range(20):  # a few steps settle it: which groups are small depends on `least`
         total = np.maximum(sizes_array, least).sum()
