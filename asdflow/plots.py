@@ -26,10 +26,11 @@ if TYPE_CHECKING:
     from asdflow.features import FeatureConfig
 
 
-WIDTH = 6.8
-"""Width of the book's figures in inches: at :data:`DPI` it is 680 px, a little
-less than the website's text column (688 px in a 1280 px wide window), so the
-page shows a figure at its own size and never scales its text down."""
+WIDTH = 6.7
+"""Width of the book's figures in inches: at :data:`DPI` it is 670 px, a little
+less than the website's text column (688 px in a 1280 px wide window, room left
+for the few pixels a layout adds), so the page shows a figure at its own size
+and never scales its text down."""
 
 DPI = 100
 """Pixels per inch of the figures as the website stores them (PNG)."""

@@ -17,7 +17,8 @@ The page's MathJax comes from a CDN on the published site. This machine may
 have no network, so the check answers those requests with MathJax 3 from the
 npm registry (installed once into the cache); every other request that leaves
 127.0.0.1 is blocked and reported. Chromium comes from Debian's packages and is
-installed when missing. Screenshots of every page go to ``_build/site-check``.
+installed when missing. Screenshots of every page (its top, and its first
+computed figure) go to ``_build/site-check``.
 """
 
 from __future__ import annotations
@@ -208,7 +209,12 @@ def check_page(browser, base: str, page: str, mathjax: Path, shots: Path) -> lis
     for url in blocked:
         problems.append(f"request leaves the site: {url}")
     shots.mkdir(parents=True, exist_ok=True)
-    page_obj.screenshot(path=str(shots / f"{page.replace('/', '_')}.png"), full_page=False)
+    name = page.replace("/", "_")
+    page_obj.screenshot(path=str(shots / f"{name}.png"), full_page=False)
+    figure = page_obj.locator(".cell_output img").first
+    if figure.count():  # the first computed figure as a reader sees it
+        figure.scroll_into_view_if_needed()
+        page_obj.screenshot(path=str(shots / f"{name}_figure.png"), full_page=False)
     context.close()
     return problems
 
