@@ -12,7 +12,13 @@ DCASE metrics, :mod:`asdflow.baseline` is the DCASE autoencoder, and
 Nothing heavy happens at import time: import the submodule you need.
 """
 
+import warnings
+
 from asdflow.errors import AsdflowError
+
+# Text progress bars serve where Jupyter has no widgets (the website build). tqdm.auto advises
+# installing them when it is first imported, which the submodules do: silence it before them.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"
 

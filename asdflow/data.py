@@ -35,6 +35,7 @@ import numpy as np
 import soundfile as sf
 
 from asdflow.errors import AudioError, LayoutError, ParameterError
+from asdflow.files import short_path
 
 SAMPLE_RATE = 16000
 """Sample rate of every DCASE 2024 Task 2 clip, in Hz."""
@@ -662,7 +663,7 @@ def describe(root: str | os.PathLike[str], *, clips: list[Clip] | None = None) -
     for key in sorted(counts):
         rows.append([*key, *(str(counts[key][c]) for c in columns)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [f"{len(clips)} clips under {display_path(root)}"]
+    lines = [f"{len(clips)} clips under {display_path(short_path(root))}"]
     lines += [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows

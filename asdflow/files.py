@@ -93,6 +93,30 @@ def cache_dir() -> Path:
     return path
 
 
+def short_path(path: str | os.PathLike[str]) -> str:
+    """A path as notes and tables show it: the cache folder and the home folder abbreviated.
+
+    A path under :func:`cache_dir` starts with ``$ASDFLOW_CACHE`` (or
+    ``~/.cache/asdflow`` when the variable is not set), one under the home
+    folder with ``~``; others are shown whole. Both forms still work in a
+    shell, and output saved in a notebook does not show the folders of the
+    machine that ran it.
+
+    Examples
+    --------
+    >>> short_path(Path.home() / "data" / "fan")
+    '~/data/fan'
+    """
+    path = Path(path).absolute()
+    value = os.environ.get(CACHE_ENV)
+    home = Path.home()
+    cache = Path(value).absolute() if value else home / ".cache" / "asdflow"
+    for base, name in ((cache, f"${CACHE_ENV}" if value else "~/.cache/asdflow"), (home, "~")):
+        if path == base or base in path.parents:
+            return str(Path(name, path.relative_to(base)))
+    return str(path)
+
+
 def data_dir() -> Path:
     """Root of the real DCASE data: ``$ASDFLOW_DATA`` or ``~/asdflow-data``.
 

@@ -24,7 +24,6 @@ chapters' separate sessions all find it.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +125,6 @@ def detect_mode() -> Mode:
     -------
     Mode
     """
-    # Text progress bars serve where Jupyter has no widgets (the website build):
-    # silence tqdm's advice to install them.
-    warnings.filterwarnings("ignore", message="IProgress not found")
     if _quick_requested():
         return _quick(f"{QUICK_ENV}=1 is set")
     if not _cuda_available():

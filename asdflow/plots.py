@@ -3,11 +3,15 @@
 Every function draws into ``ax`` when given one (so figures compose into
 subplots) and creates a new figure otherwise; ``ax.figure`` is the figure.
 matplotlib is imported when a function is called, not with the module.
+
+The book's chapters call :func:`book_style` once and make every figure
+:data:`WIDTH` inches wide, so that a figure is shown at its own size in the
+page's text column and its labels keep their size in points.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +24,71 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
     from asdflow.features import FeatureConfig
+
+
+WIDTH = 6.7
+"""Width of the book's figures in inches: at :data:`DPI` it is 670 px, a little
+less than the website's text column (688 px in a 1280 px wide window, room left
+for the few pixels a layout adds), so the page shows a figure at its own size
+and never scales its text down."""
+
+DPI = 100
+"""Pixels per inch of the figures as the website stores them (PNG)."""
+
+BOOK_STYLE: dict[str, Any] = {
+    "figure.figsize": (WIDTH, 3.2),
+    "figure.dpi": DPI,
+    "font.size": 10,
+    "axes.titlesize": 10,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
+    "legend.title_fontsize": 9,
+    "figure.titlesize": 11,
+}
+"""matplotlib settings of the book: :data:`WIDTH` and :data:`DPI`, and text of
+9-11 pt, i.e. 12-15 px on the page (a point is 1/72 inch)."""
+
+
+def book_style() -> None:
+    """Apply :data:`BOOK_STYLE` to matplotlib (every figure made afterwards).
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> book_style()
+    >>> matplotlib.rcParams["figure.figsize"] == [WIDTH, 3.2]
+    True
+    """
+    # deferred: the module imports matplotlib only where it draws
+    import matplotlib.style
+
+    matplotlib.style.use(BOOK_STYLE)
+
+
+def _row_heights(sizes: Sequence[int], ax: Axes, min_height: float) -> np.ndarray:
+    """Display height of every row: groups at least ``min_height`` rows tall, and tall enough
+    for their label (1.2 times the tick label size) in the axes' present height."""
+    # deferred: the module imports matplotlib only where it draws
+    import matplotlib
+
+    sizes_array = np.asarray(sizes, dtype=np.float64)
+    label_pt = (
+        1.2
+        * matplotlib.font_manager.FontProperties(
+            size=matplotlib.rcParams["ytick.labelsize"]
+        ).get_size_in_points()
+    )
+    axes_pt = ax.get_window_extent().height * 72 / ax.figure.dpi
+    least = min_height
+    for _ in range(20):  # a few steps settle it: which groups are small depends on `least`
+        total = np.maximum(sizes_array, least).sum()
+        needed = label_pt * total / max(axes_pt, 1.0)
+        if needed <= least or needed > sizes_array.sum():
+            break
+        least = needed
+    return np.concatenate([np.full(size, max(1.0, least / size)) for size in sizes])
 
 
 def plot_feature_image(
@@ -60,7 +129,8 @@ def plot_feature_image(
         ``|image|``: the view of a standardised image.
     min_height : float
         Least display height of a group, in rows of the mel group (whose
-        rows are drawn one unit tall).
+        rows are drawn one unit tall); more where the axes are too short
+        for the groups' labels.
 
     Returns
     -------
@@ -79,12 +149,9 @@ def plot_feature_image(
         )
     groups = config.row_groups()
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+        _, ax = plt.subplots(figsize=(WIDTH, 4.5), layout="constrained")
 
-    heights = np.ones(config.n_rows)
-    for rows in groups.values():
-        size = rows.stop - rows.start
-        heights[rows] = max(1.0, min_height / size)
+    heights = _row_heights([rows.stop - rows.start for rows in groups.values()], ax, min_height)
     y_edges = np.concatenate([[0.0], np.cumsum(heights)])
     t_edges = np.arange(image.shape[1] + 1) * (config.hop_length / config.sr)
     if per_row:
@@ -102,7 +169,7 @@ def plot_feature_image(
     for rows in list(groups.values())[1:]:
         ax.axhline(y_edges[rows.start], color="white", linewidth=0.8)
     ax.set_yticks([(y_edges[rows.start] + y_edges[rows.stop]) / 2 for rows in groups.values()])
-    ax.set_yticklabels(list(groups), fontsize=7)
+    ax.set_yticklabels(list(groups))
     ax.set_ylim(y_edges[-1], 0.0)
     ax.set_xlabel("time (s)")
     if title is not None:
@@ -148,7 +215,8 @@ def plot_anomaly_map(
         Colour range (default: the map's minimum and maximum). Pass the same
         values to maps that should be compared.
     min_height : float
-        Least display height of a group, in rows of the mel group.
+        Least display height of a group, in rows of the mel group; more
+        where the axes are too short for the groups' labels.
     colorbar : bool
         Draw a colour bar beside the axes.
 
@@ -176,9 +244,9 @@ def plot_anomaly_map(
             f"{amap.shape}; pass the rows the detector kept (CFlowConfig.rows)"
         )
     if ax is None:
-        _, ax = plt.subplots(figsize=(10, 6), layout="constrained")
+        _, ax = plt.subplots(figsize=(WIDTH, 4.5), layout="constrained")
 
-    heights = np.concatenate([np.full(size, max(1.0, min_height / size)) for size in sizes])
+    heights = _row_heights(sizes, ax, min_height)
     y_edges = np.concatenate([[0.0], np.cumsum(heights)])
     starts = np.concatenate([[0], np.cumsum(sizes)])
     t_edges = np.arange(amap.shape[1] + 1) * (config.hop_length / config.sr)
@@ -190,7 +258,7 @@ def plot_anomaly_map(
     ax.set_yticks(
         [(y_edges[a] + y_edges[b]) / 2 for a, b in zip(starts[:-1], starts[1:], strict=True)]
     )
-    ax.set_yticklabels(names, fontsize=7)
+    ax.set_yticklabels(names)
     ax.set_ylim(y_edges[-1], 0.0)
     ax.set_xlabel("time (s)")
     if title is not None:

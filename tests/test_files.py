@@ -122,3 +122,17 @@ def test_tolerance_covers_reordered_float32_sums():
     bound = tolerance(np.float32, np.abs(x).max(), terms=x.size)
     assert abs(float(forward) - exact) <= bound
     assert abs(float(pairwise) - exact) <= bound
+
+
+def test_short_path_abbreviates_the_cache_and_home_folders(tmp_path, monkeypatch):
+    from asdflow.files import short_path
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ASDFLOW_CACHE", str(tmp_path / "cache"))
+    assert short_path(tmp_path / "cache" / "runs" / "quick") == "$ASDFLOW_CACHE/runs/quick"
+    assert short_path(tmp_path / "cache") == "$ASDFLOW_CACHE"
+    assert short_path(tmp_path / "cache-other") == str(tmp_path / "cache-other")
+    assert short_path(tmp_path / "home" / "data") == "~/data"
+    monkeypatch.delenv("ASDFLOW_CACHE")
+    assert short_path(tmp_path / "home" / ".cache" / "asdflow" / "x") == "~/.cache/asdflow/x"
+    assert short_path(tmp_path / "elsewhere") == str(tmp_path / "elsewhere")

@@ -22,7 +22,8 @@ def test_labels_the_kept_groups_in_image_order(rows, labels):
 
     n_rows = sum(ROW_GROUPS[g].stop - ROW_GROUPS[g].start for g in labels)
     amap = np.random.default_rng(0).random((n_rows, 30))
-    ax = plot_anomaly_map(amap, rows=rows, title="a map", vmin=0.0, vmax=1.0)
+    _, ax = plt.subplots(figsize=(6, 12))  # tall enough that every label fits at min_height
+    ax = plot_anomaly_map(amap, rows=rows, title="a map", vmin=0.0, vmax=1.0, ax=ax)
     assert [t.get_text() for t in ax.get_yticklabels()] == labels
     assert ax.get_title() == "a map"
     mesh = ax.collections[0]
@@ -48,3 +49,32 @@ def test_refuses_maps_of_other_rows():
         plot_anomaly_map(np.zeros((158, 10)), rows=("mel",))
     with pytest.raises(ValueError, match="unknown"):
         plot_anomaly_map(np.zeros((128, 10)), rows=("mfcc",))
+
+
+def test_book_style_keeps_the_group_labels_readable_at_page_width():
+    """A default figure of book_style fits the page's column (688 px) and its labels are >= 9 px."""
+    import matplotlib.pyplot as plt
+
+    from asdflow.features import FeatureConfig
+    from asdflow.plots import book_style, plot_feature_image
+
+    with matplotlib.rc_context():
+        book_style()
+        config = FeatureConfig()
+        for ax in (
+            plot_anomaly_map(np.zeros((config.n_rows, 20)), config=config),
+            plot_feature_image(np.ones((config.n_rows, 20)), config=config),
+        ):
+            fig = ax.figure
+            fig.canvas.draw()
+            width_px = fig.get_window_extent().width  # pixels at the figure's dpi
+            assert width_px <= 688
+            for label in ax.get_yticklabels() + ax.get_xticklabels():
+                assert label.get_fontsize() * fig.dpi / 72 >= 9
+            # every group, the one-row ones included, is taller than its label
+            edges = sorted({round(line.get_ydata()[0], 6) for line in ax.lines} | {0.0})
+            edges.append(ax.get_ylim()[0])
+            px_per_unit = ax.get_window_extent().height / ax.get_ylim()[0]
+            label_px = ax.get_yticklabels()[0].get_fontsize() * fig.dpi / 72
+            assert min(np.diff(edges)) * px_per_unit >= label_px
+            plt.close(fig)

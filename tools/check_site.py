@@ -6,6 +6,10 @@ served from ``_build/html`` on 127.0.0.1 in headless Chromium and checks that
 - the page loads with no console errors and no uncaught script errors;
 - every math element was typeset by MathJax 3;
 - every image loads (and a chapter shows at least one computed figure);
+- no content image is scaled down by more than ``MAX_SHRINK`` in a 1280 px
+  wide window (the page would shrink its text below a readable size);
+- no cell output shows a progress bar or a folder of the machine that built
+  the book (``OUTPUT_LEAKS``);
 - the Colab launch link points to the chapter's ``.ipynb`` on the configured
   repository and branch, and that file exists in this checkout.
 
@@ -13,7 +17,8 @@ The page's MathJax comes from a CDN on the published site. This machine may
 have no network, so the check answers those requests with MathJax 3 from the
 npm registry (installed once into the cache); every other request that leaves
 127.0.0.1 is blocked and reported. Chromium comes from Debian's packages and is
-installed when missing. Screenshots of every page go to ``_build/site-check``.
+installed when missing. Screenshots of every page (its top, and its first
+computed figure) go to ``_build/site-check``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +47,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MATHJAX_CDN = "cdn.jsdelivr.net/npm/mathjax@3/"
+MAX_SHRINK = 1.5
+"""Most an image may be scaled down (natural width / shown width) at 1280 px."""
+OUTPUT_LEAKS = {
+    "a tqdm progress bar": re.compile(r"\d+%\|.*\||\d+(\.\d+)?(it|s)/(s|it)\b|\|\s*\d+/\d+ \["),
+    "a path of the build machine": re.compile(r"(?<![\w.])/(tmp|home|work|root|Users|content)/"),
+    "the cache folder": re.compile(r"\.asdflow-cache|\.cache/asdflow"),
+}
+"""What a cell output on the website must not show, by name."""
 
 
 def find_chromium() -> str:
@@ -154,6 +168,27 @@ def check_page(browser, base: str, page: str, mathjax: Path, shots: Path) -> lis
     for src, ok in images:
         if not ok:
             problems.append(f"image does not load: {src}")
+    shrunk = page_obj.evaluate(
+        "Array.from(document.querySelectorAll('article img')).filter(i => i.naturalWidth > 0)"
+        ".map(i => [i.getAttribute('src'), i.naturalWidth, i.getBoundingClientRect().width])"
+    )
+    for src, natural, shown in shrunk:
+        if shown > 0 and natural / shown > MAX_SHRINK:
+            problems.append(
+                f"image {src} is {natural} px wide but shown {shown:.0f} px wide "
+                f"({natural / shown:.1f}x smaller; at most {MAX_SHRINK}x): make the figure narrower"
+            )
+    outputs = page_obj.evaluate(
+        "Array.from(document.querySelectorAll('div.cell_output')).map(o => o.innerText)"
+    )
+    for number, text in enumerate(outputs, start=1):
+        for what, pattern in OUTPUT_LEAKS.items():
+            match = pattern.search(text)
+            if match:  # report the line of the first match, once per output
+                start = text.rfind("\n", 0, match.start()) + 1
+                line = text[start:].split("\n", 1)[0]
+                problems.append(f"cell output {number} shows {what}: {line.strip()[:120]!r}")
+                break
     if final_page.startswith("book/"):
         figures = page_obj.evaluate("document.querySelectorAll('.cell_output img').length")
         if figures == 0:
@@ -174,7 +209,12 @@ def check_page(browser, base: str, page: str, mathjax: Path, shots: Path) -> lis
     for url in blocked:
         problems.append(f"request leaves the site: {url}")
     shots.mkdir(parents=True, exist_ok=True)
-    page_obj.screenshot(path=str(shots / f"{page.replace('/', '_')}.png"), full_page=False)
+    name = page.replace("/", "_")
+    page_obj.screenshot(path=str(shots / f"{name}.png"), full_page=False)
+    figure = page_obj.locator(".cell_output img").first
+    if figure.count():  # the first computed figure as a reader sees it
+        figure.scroll_into_view_if_needed()
+        page_obj.screenshot(path=str(shots / f"{name}_figure.png"), full_page=False)
     context.close()
     return problems
 

@@ -348,7 +348,10 @@ def trained_detector(
         except ModelError as err:  # damaged, or written by another asdflow: it is only a cache
             _say(f"the cached detector cannot be used ({err}); training it again", progress)
         else:
-            _say(f"{METHODS[model]} of {machine} (seed {seed}) loaded from {directory}", progress)
+            _say(
+                f"{METHODS[model]} of {machine} (seed {seed}) loaded from {files.short_path(directory)}",
+                progress,
+            )
             return detector
     return train_run(
         root,

@@ -334,7 +334,7 @@ def _train_locked(
 
     _say(
         f"training {METHODS[model]} on {machine} ({len(clips)} clips, seed {config.seed}) "
-        f"into {out}" + (" - resuming from the checkpoint" if resumed else ""),
+        f"into {files.short_path(out)}" + (" - resuming from the checkpoint" if resumed else ""),
         progress,
     )
     spec = model_spec(model)
@@ -380,7 +380,10 @@ def _train_locked(
         _replace_run(out, work, machine, DETECTOR_FILES[model])
     checkpoint.unlink(missing_ok=True)
     training_file.unlink(missing_ok=True)
-    _say(f"saved {out / DETECTOR_FILES[model]} ({seconds:.1f} s of training)", progress)
+    _say(
+        f"saved {files.short_path(out / DETECTOR_FILES[model])} ({seconds:.1f} s of training)",
+        progress,
+    )
     return detector
 
 
@@ -504,7 +507,9 @@ def _score_locked(
     # deferred: asdflow.base imports torch, which scoring needs but the other commands do not
     from asdflow.base import decide
 
-    _say(f"scoring {len(clips)} test clips of {machine} with {directory}", progress)
+    _say(
+        f"scoring {len(clips)} test clips of {machine} with {files.short_path(directory)}", progress
+    )
     start = time.perf_counter()
     scores = detector.score_samples(clips)
     decisions = decide(scores, detector.threshold_)
