@@ -39,6 +39,7 @@ from functools import lru_cache
 import numpy as np
 
 from asdflow.download import EXPECTED_COUNTS
+from asdflow.modes import BOOK_EPOCHS
 
 CHAPTER_LIMIT_MINUTES = 20.0
 """The budget of one chapter in full mode on a free Colab GPU, in minutes."""
@@ -231,14 +232,15 @@ def measure_cpu(repeats: int = 3) -> CPUTimes:
 class ChapterWork:
     """What a chapter computes in full mode, per machine type, on a fresh session.
 
-    The ``shared_*`` fields say how much of it an earlier chapter has already
-    done when the cache is kept (on Google Drive): detectors of the same
-    settings, and the feature images of the machine type's clips.
-    ``downloads`` is the number of machine types the chapter downloads when it
-    is not the book's (chapter 1 compares three).
+    ``downloads`` is the number of machine types the chapter downloads (None:
+    the book's; chapter 1 compares three, chapter 3 needs none). The
+    ``shared_*`` fields say how much of the rest an earlier chapter has
+    already done when the cache is kept on Google Drive: detectors of the same
+    settings, and the feature images of the machine type's clips. The data
+    are downloaded again in every session (:func:`asdflow.modes.keep_on_drive`).
     """
 
-    download: bool = True
+    downloads: int | None = None
     feature_images: int = 0
     cflow_trainings: int = 0
     ae_trainings: int = 0
@@ -247,7 +249,6 @@ class ChapterWork:
     shared_cflow: int = 0
     shared_ae: int = 0
     shared_features: bool = False
-    downloads: int | None = None
 
 
 def chapter_work() -> dict[str, ChapterWork]:
@@ -259,7 +260,7 @@ def chapter_work() -> dict[str, ChapterWork]:
         "00_introduction": ChapterWork(),
         "01_machine_sounds": ChapterWork(downloads=3),
         "02_feature_image": ChapterWork(feature_images=clips),
-        "03_normalizing_flows": ChapterWork(download=False, toy_flow_steps=toy_steps),
+        "03_normalizing_flows": ChapterWork(downloads=0, toy_flow_steps=toy_steps),
         # chapter 4 trains the shared detector (for its Gaussian comparison); its own
         # one-epoch detector of 48 clips costs seconds
         "04_cflow": ChapterWork(
@@ -342,15 +343,14 @@ def chapter_budget(
     -------
     list of ChapterEstimate
         In book order; stages ``download``, ``features``, ``encoder``,
-        ``training``, ``scoring`` and ``toy flows``. A later chapter that finds
-        the data and detectors of an earlier one in its cache (Drive) skips
-        the download and the trainings.
+        ``training``, ``scoring`` and ``toy flows``. ``cached_minutes`` is the
+        total when the feature images and detectors of earlier chapters are
+        found in the cache (on Drive).
     """
-    # deferred: asdflow.modes imports torch lazily, this keeps the import order simple
+    # deferred: these import torch or librosa, seconds that the module's constants do not need
     from asdflow.baseline import AEConfig
     from asdflow.cflow import CFlowConfig
     from asdflow.features import FeatureConfig
-    from asdflow.modes import BOOK_EPOCHS
 
     if epochs is None:
         epochs = dict(BOOK_EPOCHS)["cflow"]
@@ -383,33 +383,32 @@ def chapter_budget(
         ae.epochs * math.ceil(ae_vectors / ae.batch_size) * ae_step_cost().seconds(hardware)
     )
 
-    n_clips = sum(v or 0 for v in EXPECTED_COUNTS["dev"].values())
+    zip_seconds = download_bytes(sum(v or 0 for v in EXPECTED_COUNTS["dev"].values())) / (
+        hardware.download_mb_per_s * 1e6
+    )
+    one_training = n_fit * encode.seconds(hardware) + epochs * epoch_seconds(n_fit)
     estimates = []
     for chapter, work in chapter_work().items():
-        clips = n_fit
-        cflow = work.cflow_trainings * epochs * epoch_seconds(clips)
-        seconds = {
-            "download": download_bytes(n_clips) / (hardware.download_mb_per_s * 1e6)
-            if work.download
-            else 0.0,
+        downloads = n_machines if work.downloads is None else work.downloads
+        per_machine = {  # seconds per machine type of the chapter
             "features": work.feature_images * cpu.feature_image
             + work.ae_trainings * n_train * cpu.log_mel,
-            "encoder": work.cflow_trainings * clips * encode.seconds(hardware),
-            "training": cflow + work.ae_trainings * ae_seconds,
+            "encoder": work.cflow_trainings * n_fit * encode.seconds(hardware),
+            "training": work.cflow_trainings * epochs * epoch_seconds(n_fit)
+            + work.ae_trainings * ae_seconds,
             "scoring": work.scored_clips * score_per_clip,
-            "toy flows": work.toy_flow_steps * cpu.toy_flow_step,
         }
-        saved = (
-            seconds["download"]
-            + work.shared_features * work.feature_images * cpu.feature_image
-            + work.shared_cflow * (seconds["encoder"] + cflow) / max(work.cflow_trainings, 1)
+        shared = (
+            work.shared_features * work.feature_images * cpu.feature_image
+            + work.shared_cflow * one_training
             + work.shared_ae * (ae_seconds + n_train * cpu.log_mel)
         )
-        minutes = {k: n_machines * v / 60 for k, v in seconds.items()}
-        minutes["toy flows"] = seconds["toy flows"] / 60  # chapter 3 has no machine type
-        if work.downloads is not None:
-            minutes["download"] = work.downloads * seconds["download"] / 60
-        cached = sum(minutes.values()) - n_machines * saved / 60
+        minutes = {
+            "download": downloads * zip_seconds / 60,
+            **{stage: n_machines * s / 60 for stage, s in per_machine.items()},
+            "toy flows": work.toy_flow_steps * cpu.toy_flow_step / 60,
+        }
+        cached = sum(minutes.values()) - n_machines * shared / 60
         estimates.append(ChapterEstimate(chapter, minutes, cached))
     return estimates
 

@@ -321,9 +321,8 @@ def record_files(
             response = requests.get(url, headers=_headers(), timeout=timeout)
             response.raise_for_status()
         except requests.HTTPError as err:
-            status = err.response.status_code if err.response is not None else 0
-            reason = f"HTTP {status}"
-            if status < 500 and status != 429:
+            reason, retry = _http_failure(err)
+            if not retry:
                 break
         except requests.Timeout as err:
             reason = type(err).__name__
@@ -616,9 +615,8 @@ def fetch(
             return path
         except requests.HTTPError as err:
             path.unlink(missing_ok=True)
-            status = err.response.status_code if err.response is not None else 0
-            reason = f"HTTP {status}"
-            if status < 500 and status != 429:
+            reason, retry = _http_failure(err)
+            if not retry:
                 raise DownloadError(
                     f"could not download {url}: the server answered {reason}."
                 ) from err
@@ -727,6 +725,12 @@ def download(
 def _base(base_url: str | None) -> str:
     """The base URL in use (argument, environment variable, default), without a final ``/``."""
     return (base_url or os.environ.get(URL_ENV) or ZENODO_URL).rstrip("/")
+
+
+def _http_failure(err: requests.HTTPError) -> tuple[str, bool]:
+    """The reason of a failed request, in words, and whether to try again (HTTP 5xx and 429)."""
+    status = err.response.status_code if err.response is not None else 0
+    return f"HTTP {status}", status >= 500 or status == 429
 
 
 def _headers() -> dict[str, str]:

@@ -59,6 +59,11 @@ DATA_ENV = "ASDFLOW_DATA"
 """Environment variable that moves the DCASE data folder."""
 
 
+def _default_cache() -> Path:
+    """The cache folder when ASDFLOW_CACHE is not set."""
+    return Path.home() / ".cache" / "asdflow"
+
+
 def cache_dir() -> Path:
     """Folder of asdflow's caches: ``$ASDFLOW_CACHE`` or ``~/.cache/asdflow``.
 
@@ -76,7 +81,7 @@ def cache_dir() -> Path:
         the message names ``ASDFLOW_CACHE`` and the path.
     """
     value = os.environ.get(CACHE_ENV)
-    path = Path(value) if value else Path.home() / ".cache" / "asdflow"
+    path = Path(value) if value else _default_cache()
     where = (
         f"{CACHE_ENV}={path}" if value else f"the cache folder {path} (set {CACHE_ENV} to move it)"
     )
@@ -109,9 +114,11 @@ def short_path(path: str | os.PathLike[str]) -> str:
     """
     path = Path(path).absolute()
     value = os.environ.get(CACHE_ENV)
-    home = Path.home()
-    cache = Path(value).absolute() if value else home / ".cache" / "asdflow"
-    for base, name in ((cache, f"${CACHE_ENV}" if value else "~/.cache/asdflow"), (home, "~")):
+    cache = Path(value).absolute() if value else _default_cache()
+    for base, name in (
+        (cache, f"${CACHE_ENV}" if value else "~/.cache/asdflow"),
+        (Path.home(), "~"),
+    ):
         if path == base or base in path.parents:
             return str(Path(name, path.relative_to(base)))
     return str(path)

@@ -37,6 +37,7 @@ from asdflow.files import CACHE_ENV as CACHE_ENV
 from asdflow.files import DATA_ENV as DATA_ENV
 from asdflow.files import cache_dir as cache_dir
 from asdflow.files import data_dir as data_dir
+from asdflow.files import writable_folder
 
 QUICK_ENV = "ASDFLOW_QUICK"
 MACHINES_ENV = "ASDFLOW_MACHINES"
@@ -148,9 +149,7 @@ def book_machines() -> tuple[str, ...]:
     unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise ParameterError(
-            f"{MACHINES_ENV}={text!r} names no development machine type"
-            if not names
-            else f"{MACHINES_ENV} names {', '.join(unknown)}, not a development machine type; "
+            f"{MACHINES_ENV}={text!r} must name development machine types, comma-separated; "
             f"choose from {', '.join(known)}"
         )
     return names
@@ -170,8 +169,8 @@ def _quick(reason: str) -> Mode:
 def quick_machines() -> tuple[str, ...]:
     """The synthetic machine types of quick mode: those named by ``ASDFLOW_MACHINES``, else all three.
 
-    Names the synthetic factory does not have are left out; when none is left,
-    quick mode uses all of :data:`QUICK_MACHINES`. (Running a chapter with
+    Development machine types the synthetic factory does not have are left
+    out; when none is left, quick mode uses all of :data:`QUICK_MACHINES`. (Running a chapter with
     ``ASDFLOW_QUICK=1 ASDFLOW_MACHINES=fan`` tries, on a CPU, the one machine
     type of the book's full mode.)
     """
@@ -215,10 +214,21 @@ def keep_on_drive(
     -------
     dict
         The environment variables set (``ASDFLOW_CACHE``, and ``ASDFLOW_DATA`` with ``data``).
+
+    Raises
+    ------
+    ParameterError
+        Outside Colab without ``mount``, or when a folder cannot be created or written.
     """
     if mount is None:
-        # deferred: exists in Colab only
-        from google.colab import drive  # type: ignore[import-not-found]
+        try:
+            # deferred: exists in Colab only
+            from google.colab import drive  # type: ignore[import-not-found]
+        except ImportError as err:
+            raise ParameterError(
+                "keep_on_drive mounts Google Drive in Colab only; elsewhere set "
+                f"{CACHE_ENV} to a folder instead"
+            ) from err
 
         def mount() -> None:
             drive.mount(DRIVE_MOUNT)
@@ -228,8 +238,8 @@ def keep_on_drive(
     if data:
         folders[DATA_ENV] = Path(folder) / "data"
     for name, path in folders.items():
-        path.mkdir(parents=True, exist_ok=True)
-        os.environ[name] = str(path)
+        writable_folder(path, f"the {name} folder on Drive")
+    os.environ.update({name: str(path) for name, path in folders.items()})
     return {name: str(path) for name, path in folders.items()}
 
 

@@ -134,3 +134,16 @@ def test_quick_mode_keeps_the_named_synthetic_machines(monkeypatch: pytest.Monke
     assert modes.detect_mode().machines == ("fan",)
     monkeypatch.setenv(modes.MACHINES_ENV, "gearbox,slider")
     assert modes.detect_mode().machines == modes.QUICK_MACHINES
+
+
+def test_keep_on_drive_says_what_to_do_outside_colab_or_on_a_bad_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setenv(modes.CACHE_ENV, str(tmp_path / "before"))
+    with pytest.raises(ParameterError, match="Colab only.*ASDFLOW_CACHE"):
+        modes.keep_on_drive(tmp_path / "drive")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ParameterError, match="a-file is a file"):
+        modes.keep_on_drive(tmp_path / "a-file", mount=lambda: None)
+    assert os.environ[modes.CACHE_ENV] == str(tmp_path / "before"), "nothing changes on failure"
+    assert (tmp_path / "a-file").read_text() == "not a folder"
